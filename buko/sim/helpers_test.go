@@ -1,0 +1,483 @@
+package sim_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/buko/sim"
+)
+
+// wait is the generous deadline of every await in these tests.
+const wait = 15 * time.Second
+
+// token is a bot token as a buko.Credential.
+type token string
+
+func (t token) Reveal() string { return string(t) }
+
+// fakeClock drives quota windows.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	c.now = t
+	c.mu.Unlock()
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// env is a simulator on a real loopback listener, with a Bot API client.
+type env struct {
+	t     testing.TB
+	sim   *sim.Server
+	srv   *httptest.Server
+	api   *buko.Client
+	wsURL string
+	admin string
+
+	mu    sync.Mutex
+	botOf map[token]string // token → bot id, for waiting on socket counts
+}
+
+func newEnv(t testing.TB, opts sim.Options) *env {
+	t.Helper()
+	s := sim.New(opts)
+	srv := httptest.NewServer(s)
+	e := &env{t: t, sim: s, srv: srv, admin: opts.AdminToken, botOf: make(map[token]string)}
+	e.api = buko.NewClient(srv.URL, srv.Client())
+	e.wsURL = e.api.GatewayURL()
+	t.Cleanup(func() {
+		s.Close()
+		srv.Close()
+	})
+	return e
+}
+
+func ctx(t testing.TB) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), wait)
+	t.Cleanup(cancel)
+	return c
+}
+
+func ctxWithTimeout() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), wait)
+}
+
+// ctl calls the control API and decodes the answer into out (if not nil).
+func (e *env) ctl(method, path string, body, out any) int {
+	e.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			e.t.Fatalf("encoding %s %s: %v", method, path, err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx(e.t), method, e.srv.URL+path, rd)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if e.admin != "" {
+		req.Header.Set("Authorization", "Bearer "+e.admin)
+	}
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("%s %s: reading: %v", method, path, err)
+	}
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(data, out); err != nil {
+			e.t.Fatalf("%s %s: decoding %q: %v", method, path, data, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// must calls the control API and fails the test unless it answers 200.
+func (e *env) must(method, path string, body, out any) {
+	e.t.Helper()
+	if code := e.ctl(method, path, body, out); code != http.StatusOK {
+		e.t.Fatalf("%s %s: HTTP %d", method, path, code)
+	}
+}
+
+type createdBot struct {
+	BotID  string `json:"bot_id"`
+	Handle string `json:"handle"`
+	Token  string `json:"token"`
+}
+
+func (e *env) bot(fields map[string]any) (string, token) {
+	e.t.Helper()
+	var out createdBot
+	e.must("POST", "/sim/bots", fields, &out)
+	if out.BotID == "" || !strings.HasPrefix(out.Token, "bot_") {
+		e.t.Fatalf("POST /sim/bots: unexpected answer %+v", out.BotID)
+	}
+	e.mu.Lock()
+	e.botOf[token(out.Token)] = out.BotID
+	e.mu.Unlock()
+	return out.BotID, token(out.Token)
+}
+
+func (e *env) user(name string) string {
+	e.t.Helper()
+	var out struct {
+		UserID string `json:"user_id"`
+	}
+	e.must("POST", "/sim/users", map[string]any{"display_name": name}, &out)
+	return out.UserID
+}
+
+func (e *env) start(userID, botID string) string {
+	e.t.Helper()
+	var out struct {
+		ChatID string `json:"chat_id"`
+	}
+	e.must("POST", "/sim/chats/private", map[string]any{"user_id": userID, "bot_id": botID}, &out)
+	return out.ChatID
+}
+
+func (e *env) group(title string, userIDs, botIDs []string) string {
+	e.t.Helper()
+	var out struct {
+		ChatID string `json:"chat_id"`
+	}
+	e.must("POST", "/sim/chats/group", map[string]any{"title": title, "user_ids": userIDs, "bot_ids": botIDs}, &out)
+	return out.ChatID
+}
+
+func (e *env) say(chatID, userID, text string, replyTo ...string) string {
+	e.t.Helper()
+	body := map[string]any{"user_id": userID, "text": text}
+	if len(replyTo) > 0 {
+		body["reply_to_message_id"] = replyTo[0]
+	}
+	var out struct {
+		MessageID string `json:"message_id"`
+	}
+	e.must("POST", "/sim/chats/"+chatID+"/messages", body, &out)
+	return out.MessageID
+}
+
+func (e *env) stats() sim.Stats {
+	e.t.Helper()
+	var st sim.Stats
+	e.must("GET", "/sim/stats", nil, &st)
+	return st
+}
+
+// poll drains the bot's pending updates with getUpdates (timeout 0) and
+// confirms them.
+func (e *env) poll(tok token) []buko.Update {
+	e.t.Helper()
+	ups, err := e.api.GetUpdates(ctx(e.t), tok, buko.GetUpdatesParams{})
+	if err != nil {
+		e.t.Fatalf("getUpdates: %v", err)
+	}
+	if len(ups) > 0 {
+		if _, err := e.api.GetUpdates(ctx(e.t), tok, buko.GetUpdatesParams{Offset: ups[len(ups)-1].UpdateID.Next()}); err != nil {
+			e.t.Fatalf("getUpdates (confirm): %v", err)
+		}
+	}
+	return ups
+}
+
+// rawCall posts to /bot/<method> with any body and returns status, headers
+// and the decoded envelope.
+func (e *env) rawCall(tok token, method, contentType string, body []byte) (int, http.Header, buko.Envelope) {
+	e.t.Helper()
+	req, err := http.NewRequestWithContext(ctx(e.t), "POST", e.srv.URL+"/bot/"+method, bytes.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bot "+string(tok))
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatalf("POST /bot/%s: %v", method, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	env, err := buko.DecodeEnvelope(data)
+	if err != nil {
+		e.t.Fatalf("POST /bot/%s: HTTP %d, body %q: %v", method, resp.StatusCode, data, err)
+	}
+	return resp.StatusCode, resp.Header, env
+}
+
+// wantCode fails unless err is a *buko.Error with the given status and code.
+func wantCode(t testing.TB, err error, status int, code string) *buko.Error {
+	t.Helper()
+	var ae *buko.Error
+	if !errors.As(err, &ae) {
+		t.Fatalf("want HTTP %d %s, got %v", status, code, err)
+	}
+	if ae.Status != status || ae.Code != code {
+		t.Fatalf("want HTTP %d %s, got HTTP %d %s (%s)", status, code, ae.Status, ae.Code, ae.Description)
+	}
+	return ae
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// wsClient is a test Gateway client: a background reader feeds frames into
+// a channel so the test can wait with deadlines without closing the socket.
+type wsClient struct {
+	t      testing.TB
+	e      *env
+	botID  string
+	c      *websocket.Conn
+	frames chan buko.Frame
+	done   chan struct{}
+	err    error // the read error that ended the socket, set before done closes
+}
+
+// dial opens a Gateway socket; it returns the HTTP answer when the upgrade
+// is refused.
+func (e *env) dial(tok token) (*wsClient, *http.Response, error) {
+	e.t.Helper()
+	dctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	c, resp, err := websocket.Dial(dctx, e.wsURL, &websocket.DialOptions{HTTPHeader: buko.AuthHeader(tok), HTTPClient: e.srv.Client()})
+	if err != nil {
+		return nil, resp, err
+	}
+	e.mu.Lock()
+	botID := e.botOf[tok]
+	e.mu.Unlock()
+	w := &wsClient{t: e.t, e: e, botID: botID, c: c, frames: make(chan buko.Frame, 4096), done: make(chan struct{})}
+	go w.readLoop()
+	e.t.Cleanup(func() {
+		_ = c.CloseNow()
+		<-w.done
+	})
+	return w, resp, nil
+}
+
+func (e *env) connect(tok token) *wsClient {
+	e.t.Helper()
+	w, resp, err := e.dial(tok)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		e.t.Fatalf("dial gateway: HTTP %d: %v", status, err)
+	}
+	return w
+}
+
+func (w *wsClient) readLoop() {
+	defer close(w.done)
+	for {
+		typ, data, err := w.c.Read(context.Background())
+		if err != nil {
+			w.err = err
+			return
+		}
+		if typ != websocket.MessageText {
+			w.t.Errorf("server sent a binary frame")
+			continue
+		}
+		f, err := buko.DecodeFrame(data)
+		if err != nil {
+			w.t.Errorf("server sent a bad frame %q: %v", data, err)
+			continue
+		}
+		w.frames <- f
+	}
+}
+
+// next returns the next frame.
+func (w *wsClient) next() buko.Frame {
+	w.t.Helper()
+	select {
+	case f := <-w.frames:
+		return f
+	case <-w.done:
+		select {
+		case f := <-w.frames:
+			return f
+		default:
+		}
+		w.t.Fatalf("socket closed while waiting for a frame: %v", w.err)
+	case <-time.After(wait):
+		w.t.Fatalf("no frame within %v", wait)
+	}
+	return buko.Frame{}
+}
+
+// update returns the next update, answering pings on the way.
+func (w *wsClient) update() buko.Update {
+	w.t.Helper()
+	for {
+		f := w.next()
+		switch f.Type {
+		case buko.FrameUpdate:
+			return *f.Update
+		case buko.FramePing:
+			w.send(buko.PongFrame())
+		}
+	}
+}
+
+func (w *wsClient) updates(n int) []buko.Update {
+	w.t.Helper()
+	out := make([]buko.Update, 0, n)
+	for len(out) < n {
+		out = append(out, w.update())
+	}
+	return out
+}
+
+// quiet reports whether no update frame arrives within d. It is only used
+// to show that something does NOT happen, so a slow machine cannot fail it.
+func (w *wsClient) quiet(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case f := <-w.frames:
+			if f.Type == buko.FrameUpdate {
+				return false
+			}
+		case <-t.C:
+			return true
+		case <-w.done:
+			return true
+		}
+	}
+}
+
+func (w *wsClient) send(frame []byte) {
+	w.t.Helper()
+	c, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := w.c.Write(c, websocket.MessageText, frame); err != nil {
+		w.t.Fatalf("write frame: %v", err)
+	}
+}
+
+func (w *wsClient) ack(id buko.UpdateID) { w.t.Helper(); w.send(buko.AckFrame(id)) }
+
+// closed waits for the server to end the socket and returns its close code.
+func (w *wsClient) closed() websocket.StatusCode {
+	w.t.Helper()
+	for {
+		select {
+		case <-w.frames:
+			continue
+		case <-w.done:
+			return websocket.CloseStatus(w.err)
+		case <-time.After(wait):
+			w.t.Fatalf("socket not closed within %v", wait)
+		}
+	}
+}
+
+// close ends the socket from the client side, waits for the reader, and
+// then until the server no longer counts the socket as open (it notices a
+// client's close a moment after the client, as a real server would).
+func (w *wsClient) close() {
+	w.t.Helper()
+	before := -1
+	if w.botID != "" {
+		before = w.e.openSockets(w.botID)
+	}
+	_ = w.c.Close(websocket.StatusNormalClosure, "bye")
+	<-w.done
+	if before > 0 {
+		eventually(w.t, "the server to see the socket closed", func() bool { return w.e.openSockets(w.botID) < before })
+	}
+}
+
+func (e *env) openSockets(botID string) int {
+	e.t.Helper()
+	var v sim.BotView
+	e.must("GET", "/sim/bots/"+botID, nil, &v)
+	return v.GatewayOpen
+}
+
+func ids(ups []buko.Update) []buko.UpdateID {
+	out := make([]buko.UpdateID, len(ups))
+	for i, u := range ups {
+		out[i] = u.UpdateID
+	}
+	return out
+}
+
+func texts(ups []buko.Update) []string {
+	var out []string
+	for _, u := range ups {
+		if u.Message != nil {
+			out = append(out, u.Message.Text)
+		}
+	}
+	return out
+}
+
+// strictlyIncreasing fails unless ids are canonical and strictly increasing.
+func strictlyIncreasing(t testing.TB, list []buko.UpdateID) {
+	t.Helper()
+	for i, id := range list {
+		if !id.Valid() {
+			t.Fatalf("update_id %q is not canonical", id)
+		}
+		if i > 0 && !list[i-1].Less(id) {
+			t.Fatalf("update ids not strictly increasing: %v", list)
+		}
+	}
+}

@@ -1,0 +1,138 @@
+// Package pgtest gives each test its own freshly migrated Postgres database on
+// the machine's server, and drops it when the test ends.
+//
+//	dsn := pgtest.New(t)
+//
+// The admin connection comes from $AGENTRUNNER_TEST_DATABASE_URL (default
+// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable, trust auth).
+// When that server does not answer the test is skipped with a loud message, or
+// fails when $CI is "true".
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"buko.app/agentrunner/migrations"
+)
+
+// DefaultAdminURL is used when $AGENTRUNNER_TEST_DATABASE_URL is unset.
+const DefaultAdminURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// AdminURL returns the admin DSN tests use.
+func AdminURL() string {
+	if v := os.Getenv("AGENTRUNNER_TEST_DATABASE_URL"); v != "" {
+		return v
+	}
+	return DefaultAdminURL
+}
+
+// New creates a database named agentrunner_test_<random>, applies every
+// migration, registers its removal (DROP DATABASE … WITH (FORCE)) with
+// t.Cleanup, and returns its DSN.
+func New(t testing.TB) string {
+	t.Helper()
+	return create(t, true)
+}
+
+// NewEmpty is New without the migrations, for tests of the migrations themselves.
+func NewEmpty(t testing.TB) string {
+	t.Helper()
+	return create(t, false)
+}
+
+func create(t testing.TB, migrate bool) string {
+	t.Helper()
+	admin := AdminURL()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		unavailable(t, fmt.Sprintf("cannot connect to Postgres at %s: %v", redact(admin), err))
+		return ""
+	}
+	defer conn.Close(context.Background())
+
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("pgtest: random name: %v", err)
+	}
+	name := "agentrunner_test_" + hex.EncodeToString(b[:])
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("pgtest: create database %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			t.Errorf("pgtest: drop %s: connect: %v", name, err)
+			return
+		}
+		defer c.Close(context.Background())
+		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+			t.Errorf("pgtest: drop database %s: %v", name, err)
+		}
+	})
+
+	dsn, err := withDatabase(admin, name)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	if migrate {
+		db, err := migrations.Open(dsn)
+		if err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+		defer db.Close()
+		if _, err := migrations.Up(ctx, db); err != nil {
+			t.Fatalf("pgtest: migrate %s: %v", name, err)
+		}
+	}
+	return dsn
+}
+
+// unavailable skips the test loudly, or fails it under CI, when Postgres is absent.
+func unavailable(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("pgtest: %s (CI=true: Postgres is required; run `make services`)", why)
+	}
+	t.Skipf("\n!!! SKIPPED: %s\n!!! start it with `make services` (or deploy/dev/postgres.sh); set AGENTRUNNER_TEST_DATABASE_URL for another server", why)
+}
+
+// withDatabase returns dsn (URL or key=value form) pointing at database name.
+func withDatabase(dsn, name string) (string, error) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "", fmt.Errorf("admin URL: %w", err)
+		}
+		u.Path = "/" + name
+		u.RawPath = ""
+		return u.String(), nil
+	}
+	return dsn + " dbname=" + name, nil
+}
+
+// redact hides a password in dsn for messages.
+func redact(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		return dsn
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxx")
+	}
+	return u.String()
+}
