@@ -69,6 +69,8 @@ a flag given on the command line wins.`,
 		newBotsCmd(g),
 		newVaultCmd(g),
 		newMigrateCmd(g),
+		newWorkerCmd(g),
+		newCodecCmd(g),
 	)
 	return root
 }

@@ -1,0 +1,297 @@
+package main
+
+// agentrunner worker: the Temporal worker alone (ChatWorkflow, the agent and
+// Bot API activities), and the settings serve shares with it: the Temporal
+// flags, the payload keys, the bot directory on the bots table.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.temporal.io/sdk/client"
+
+	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
+	"buko.app/agentrunner/workflows/codec"
+)
+
+// temporalFlags are TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE
+// and the payload key file.
+type temporalFlags struct {
+	address, namespace, taskQueue string
+	keysFile                      string
+}
+
+func (t *temporalFlags) bind(fs *pflag.FlagSet) {
+	fs.StringVar(&t.address, "temporal-address", "127.0.0.1:7233", "Temporal frontend host:port")
+	fs.StringVar(&t.namespace, "temporal-namespace", "default", "Temporal namespace")
+	fs.StringVar(&t.taskQueue, "temporal-task-queue", workflows.DefaultTaskQueue, "Temporal task queue of the chat workflows")
+	fs.StringVar(&t.keysFile, "payload-keys", "", "payload key file of the codec that encrypts workflow payloads (default $XDG_DATA_HOME/agentrunner/payload-keys.json; create it with `agentrunner codec new-key`)")
+	envFlag(fs, "temporal-address", "TEMPORAL_ADDRESS")
+	envFlag(fs, "temporal-namespace", "TEMPORAL_NAMESPACE")
+	envFlag(fs, "temporal-task-queue", "TEMPORAL_TASK_QUEUE")
+	envFlag(fs, "payload-keys", "AGENTRUNNER_PAYLOAD_KEYS")
+}
+
+// defaultPayloadKeysPath is $XDG_DATA_HOME/agentrunner/payload-keys.json.
+func defaultPayloadKeysPath() (string, error) {
+	base := os.Getenv("XDG_DATA_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("no payload key path: set --payload-keys or AGENTRUNNER_PAYLOAD_KEYS (%w)", err)
+		}
+		base = filepath.Join(home, ".local", "share")
+	}
+	return filepath.Join(base, "agentrunner", "payload-keys.json"), nil
+}
+
+func (t *temporalFlags) keysPath() (string, error) {
+	if t.keysFile != "" {
+		return t.keysFile, nil
+	}
+	return defaultPayloadKeysPath()
+}
+
+// lazyUnwrapper opens the token cipher only when a wrapped key needs it.
+type lazyUnwrapper struct {
+	open   func(context.Context) (vault.Cipher, error)
+	once   sync.Once
+	cipher vault.Cipher
+	err    error
+}
+
+func (l *lazyUnwrapper) Unwrap(ctx context.Context, wrapped string) ([]byte, error) {
+	l.once.Do(func() { l.cipher, l.err = l.open(ctx) })
+	if l.err != nil {
+		return nil, l.err
+	}
+	return workflows.KeyUnwrapper{Cipher: l.cipher}.Unwrap(ctx, wrapped)
+}
+
+func (l *lazyUnwrapper) close() {
+	if l.cipher != nil {
+		_ = l.cipher.Cleanup()
+	}
+}
+
+// loadKeys reads the payload key file, unwrapping keys through the cipher.
+func (t *temporalFlags) loadKeys(ctx context.Context, u codec.Unwrapper) (*codec.Keyring, error) {
+	path, err := t.keysPath()
+	if err != nil {
+		return nil, usageError{err}
+	}
+	kr, err := codec.LoadKeyFile(ctx, path, u)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, usageError{fmt.Errorf("payload key file %s does not exist: create it with `agentrunner codec new-key --payload-keys %s`", path, path)}
+	}
+	return kr, err
+}
+
+// dial connects to Temporal with the payload codec.
+func (t *temporalFlags) dial(ctx context.Context, log zerolog.Logger, keys codec.KeyProvider, m *workflows.Metrics) (client.Client, error) {
+	c, err := workflows.Dial(ctx, workflows.DialOptions{
+		Address: t.address, Namespace: t.namespace, Keys: keys,
+		Logger: log.With().Str("component", "temporal").Logger(), Metrics: m,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w (set --temporal-address or TEMPORAL_ADDRESS)", err)
+	}
+	return c, nil
+}
+
+// pgBots is the workflows.BotDirectory on the bots table, with a short cache
+// so an activity does not cost a query.
+type pgBots struct {
+	pool *pgxpool.Pool
+	ttl  time.Duration
+	mu   sync.Mutex
+	seen map[string]cachedBot
+}
+
+type cachedBot struct {
+	spec workflows.BotSpec
+	at   time.Time
+}
+
+func newPGBots(pool *pgxpool.Pool, ttl time.Duration) *pgBots {
+	return &pgBots{pool: pool, ttl: ttl, seen: map[string]cachedBot{}}
+}
+
+// Bot implements workflows.BotDirectory. A disabled or missing bot is
+// workflows.ErrBotNotFound (its activities stop retrying).
+func (b *pgBots) Bot(ctx context.Context, botID string) (workflows.BotSpec, error) {
+	b.mu.Lock()
+	c, ok := b.seen[botID]
+	b.mu.Unlock()
+	if ok && time.Since(c.at) < b.ttl {
+		return c.spec, nil
+	}
+	var (
+		s      workflows.BotSpec
+		cfg    []byte
+		status string
+	)
+	err := b.pool.QueryRow(ctx, `SELECT id, handle, display_name, agent, agent_config, quota_tier, status FROM bots WHERE id = $1`, botID).
+		Scan(&s.ID, &s.Handle, &s.DisplayName, &s.Agent, &cfg, &s.Tier, &status)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && status == "disabled") {
+		return workflows.BotSpec{}, fmt.Errorf("bot %s: %w", botID, workflows.ErrBotNotFound)
+	}
+	if err != nil {
+		return workflows.BotSpec{}, fmt.Errorf("read bot %s: %w", botID, err)
+	}
+	s.AgentConfig = json.RawMessage(cfg)
+	b.mu.Lock()
+	b.seen[botID] = cachedBot{spec: s, at: time.Now()}
+	b.mu.Unlock()
+	return s, nil
+}
+
+// workerFlags are the settings of agentrunner worker.
+type workerFlags struct {
+	db                dbFlags
+	cipher            cipherFlags
+	buko              bukoFlags
+	temporal          temporalFlags
+	adminAddr         string
+	maxActivities     int
+	perBotConcurrency int
+	tokenCacheTTL     time.Duration
+	botCacheTTL       time.Duration
+}
+
+func (f *workerFlags) check() error {
+	switch {
+	case f.maxActivities < 1:
+		return fmt.Errorf("--max-concurrent-activities %d: want at least 1", f.maxActivities)
+	case f.perBotConcurrency < 0:
+		return fmt.Errorf("--per-bot-concurrency %d: must not be negative (0: a quarter of the activity slots)", f.perBotConcurrency)
+	case f.tokenCacheTTL < 0 || f.botCacheTTL < 0:
+		return errors.New("cache TTLs must not be negative")
+	}
+	return nil
+}
+
+func newWorkerCmd(g *globals) *cobra.Command {
+	f := &workerFlags{}
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run the Temporal worker alone: chat workflows, agents and Bot API replies",
+		Long: `Run the Temporal worker without sessions: it polls the task queue for
+ChatWorkflow tasks and activities, runs each bot's agent (bots.agent: echo,
+http, openai) and sends the replies through the Bot API. Bot tokens are read
+from secret_vault through the token cipher, per bot, in memory only; workflow
+payloads are encrypted with the payload keys (agentrunner codec new-key).
+
+The admin address serves /healthz and /metrics.`,
+		Example: `  agentrunner codec new-key          # once: creates the payload key file
+  agentrunner worker --temporal-address 127.0.0.1:7233 --buko-api-url http://127.0.0.1:8081`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return usageError{err}
+			}
+			return runWorker(cmd.Context(), g.log, f)
+		},
+	}
+	fs := cmd.Flags()
+	f.db.bind(fs)
+	f.cipher.bind(fs)
+	f.buko.bind(fs)
+	f.temporal.bind(fs)
+	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:8080", "address of /healthz and /metrics (empty: none)")
+	fs.IntVar(&f.maxActivities, "max-concurrent-activities", 64, "activity slots of this worker")
+	fs.IntVar(&f.perBotConcurrency, "per-bot-concurrency", 0, "activities of one bot running at once (fairness); 0: a quarter of the slots")
+	fs.DurationVar(&f.tokenCacheTTL, "token-cache-ttl", vault.DefaultCacheTTL, "how long decrypted tokens stay in memory")
+	fs.DurationVar(&f.botCacheTTL, "bot-cache-ttl", 10*time.Second, "how long a bot's agent settings are cached")
+	envFlag(fs, "admin-addr", "AGENTRUNNER_ADMIN_ADDR")
+	envFlag(fs, "max-concurrent-activities", "AGENTRUNNER_MAX_CONCURRENT_ACTIVITIES")
+	envFlag(fs, "per-bot-concurrency", "AGENTRUNNER_PER_BOT_CONCURRENCY")
+	envFlag(fs, "token-cache-ttl", "AGENTRUNNER_TOKEN_CACHE_TTL")
+	envFlag(fs, "bot-cache-ttl", "AGENTRUNNER_BOT_CACHE_TTL")
+	return cmd
+}
+
+// runWorker runs until ctx ends.
+func runWorker(ctx context.Context, log zerolog.Logger, f *workerFlags) error {
+	api, err := f.buko.client()
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	wm := workflows.NewMetrics(reg)
+	vm := vault.NewMetrics(reg)
+
+	pool, err := f.db.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ci, err := f.cipher.open(ctx, log, vm)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = ci.Cleanup() }()
+	keys, err := f.temporal.loadKeys(ctx, workflows.KeyUnwrapper{Cipher: ci})
+	if err != nil {
+		return err
+	}
+	tc, err := f.temporal.dial(ctx, log, keys, wm)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+
+	store := vault.NewStore(pool, ci, log, vm)
+	w, err := workflows.NewWorker(tc, workflows.WorkerOptions{
+		TaskQueue:               f.temporal.taskQueue,
+		Bots:                    newPGBots(pool, f.botCacheTTL),
+		Tokens:                  vault.NewCache(store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "worker"}),
+		API:                     api,
+		Secrets:                 workflows.VaultSecrets{Cipher: ci},
+		MaxConcurrentActivities: f.maxActivities,
+		PerBotConcurrency:       f.perBotConcurrency,
+		Logger:                  log.With().Str("component", "worker").Logger(),
+		Metrics:                 wm,
+	})
+	if err != nil {
+		return err
+	}
+
+	if f.adminAddr != "" {
+		ln, err := net.Listen("tcp", f.adminAddr)
+		if err != nil {
+			return fmt.Errorf("admin listener on %s: %w", f.adminAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+		log.Info().Str("addr", ln.Addr().String()).Msg("worker admin endpoints listening")
+	}
+	log.Info().Str("task_queue", f.temporal.taskQueue).Str("namespace", f.temporal.namespace).Msg("worker running")
+	return w.Run(ctx)
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/api/temporalproto"
+
+	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
+	"buko.app/agentrunner/workflows/codec"
+)
+
+func needTemporal(t *testing.T) string {
+	t.Helper()
+	addr := os.Getenv("TEMPORAL_ADDRESS")
+	if addr == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TEMPORAL_ADDRESS is not set (CI=true)")
+		}
+		t.Skip("SKIPPING: TEMPORAL_ADDRESS is not set (run `make services` and source ~/.cache/agentrunner/run/services.env)")
+	}
+	return addr
+}
+
+func TestPGBotDirectory(t *testing.T) {
+	f := newCLIFix(t)
+	id, tok := f.simBot(t, map[string]any{"handle": "dir_bot", "display_name": "Dir", "tier": "pro"})
+	cfg := filepath.Join(t.TempDir(), "agent.json")
+	if err := os.WriteFile(cfg, []byte(`{"url":"http://127.0.0.1:9/a","secret":"env:X"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.mustRun(t, tok+"\n", append([]string{"bots", "add", "--handle", "dir_bot", "--agent", "http", "--agent-config", cfg}, f.full()...)...)
+	d := newPGBots(f.pool, time.Minute)
+	ctx := context.Background()
+	spec, err := d.Bot(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.ID != id || spec.Handle != "dir_bot" || spec.Agent != "http" || !strings.Contains(string(spec.AgentConfig), `"url"`) {
+		t.Errorf("spec %+v", spec)
+	}
+	if _, err := d.Bot(ctx, "bot_missing"); !errors.Is(err, workflows.ErrBotNotFound) {
+		t.Errorf("missing bot: %v", err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE bots SET status = 'disabled' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newPGBots(f.pool, time.Minute).Bot(ctx, id); !errors.Is(err, workflows.ErrBotNotFound) {
+		t.Errorf("disabled bot: %v", err)
+	}
+}
+
+func TestCodecCommandsRejectBadUse(t *testing.T) {
+	f := newCLIFix(t)
+	keys := filepath.Join(t.TempDir(), "payload-keys.json")
+	_, _, err := f.run(t, "", append([]string{"codec", "decode", "--payload-keys", keys}, keyringArgs(f)...)...)
+	if !isUsage(err) || !strings.Contains(err.Error(), "codec new-key") {
+		t.Errorf("decode without a key file: %v", err)
+	}
+	_, _, err = f.run(t, "", append([]string{"codec", "seal-secret"}, keyringArgs(f)...)...)
+	if !isUsage(err) {
+		t.Errorf("seal-secret without --bot-id: %v", err)
+	}
+	f.mustRun(t, "", append([]string{"codec", "new-key", "--id", "k1", "--payload-keys", keys}, keyringArgs(f)...)...)
+	_, _, err = f.run(t, "", append([]string{"codec", "new-key", "--id", "k1", "--payload-keys", keys}, keyringArgs(f)...)...)
+	if !isUsage(err) {
+		t.Errorf("duplicate key id: %v", err)
+	}
+	if st, err := os.Stat(keys); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode: %v %v", st.Mode(), err)
+	}
+	_, _, err = f.run(t, "", "worker", "--max-concurrent-activities", "0")
+	if !isUsage(err) {
+		t.Errorf("worker with 0 slots: %v", err)
+	}
+}
+
+// TestWorkerCommandEndToEnd runs `agentrunner worker` in-process against
+// Postgres, the simulator and the Temporal dev server: a bot added with
+// `bots add` answers through the worker, the history holds only ciphertext,
+// and `codec decode` opens it.
+func TestWorkerCommandEndToEnd(t *testing.T) {
+	addr := needTemporal(t)
+	f := newCLIFix(t)
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "payload-keys.json")
+	f.mustRun(t, "", append([]string{"codec", "new-key", "--id", "k1", "--payload-keys", keys}, keyringArgs(f)...)...)
+	kf, _ := os.ReadFile(keys)
+	if !strings.Contains(string(kf), `"k1": "local:`) {
+		t.Fatalf("key not wrapped by the keyring:\n%s", kf)
+	}
+	id, tok := f.simBot(t, map[string]any{"handle": "worker_bot", "display_name": "Worker Bot"})
+	f.mustRun(t, tok+"\n", append([]string{"bots", "add", "--handle", "worker_bot", "--agent", "echo"}, f.full()...)...)
+
+	queue := fmt.Sprintf("worker-cmd-%d", time.Now().UnixNano())
+	tflags := []string{"--temporal-address", addr, "--temporal-task-queue", queue, "--payload-keys", keys, "--admin-addr", "127.0.0.1:0"}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		root := newRootCmd()
+		root.SetArgs(append(append([]string{"worker"}, f.full()...), append(tflags, "--log-format", "json")...))
+		root.SetOut(io.Discard)
+		var logs bytes.Buffer
+		root.SetErr(&logs)
+		err := root.ExecuteContext(ctx)
+		if strings.Contains(logs.String(), tok) {
+			err = errors.Join(err, errors.New("the worker logged the bot token"))
+		}
+		done <- err
+	}()
+	// stopWorker ends the worker and waits for it. No other CLI run may
+	// overlap the worker's: setupLogging sets a zerolog global.
+	stopped := false
+	stopWorker := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("worker: %v", err)
+			}
+		case <-time.After(time.Minute):
+			t.Error("worker did not stop")
+		}
+	}
+	t.Cleanup(stopWorker)
+
+	// A user writes; the test plays the session: poll, hand off.
+	var u struct {
+		UserID string `json:"user_id"`
+	}
+	post(t, f.sim.URL+"/sim/users", map[string]any{"display_name": "Una", "handle": "una"}, &u)
+	var c struct {
+		ChatID string `json:"chat_id"`
+	}
+	post(t, f.sim.URL+"/sim/chats/private", map[string]any{"user_id": u.UserID, "bot_id": id}, &c)
+	secretText := "a personal note " + fmt.Sprint(time.Now().UnixNano())
+	post(t, f.sim.URL+"/sim/chats/"+c.ChatID+"/messages", map[string]any{"user_id": u.UserID, "text": secretText}, nil)
+
+	ci, err := vault.Open(ctx, vault.Config{Cipher: vault.KindLocal, Keyring: f.keyring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ci.Cleanup()
+	kr, err := codec.LoadKeyFile(ctx, keys, workflows.KeyUnwrapper{Cipher: ci})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := workflows.Dial(ctx, workflows.DialOptions{Address: addr, Keys: kr, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	h := workflows.NewHandoff(tc, queue)
+	api := buko.NewClient(f.sim.URL, nil)
+	cred, _ := vault.ParseToken(tok)
+	var got int
+	for deadline := time.Now().Add(time.Minute); got < 3 && time.Now().Before(deadline); {
+		ups, err := api.GetUpdates(ctx, cred, buko.GetUpdatesParams{Timeout: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, up := range ups {
+			if err := h.Handoff(ctx, id, up); err != nil {
+				t.Fatal(err)
+			}
+			got++
+		}
+	}
+	var replies []string
+	for deadline := time.Now().Add(2 * time.Minute); len(replies) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("bot replies %q", replies)
+		}
+		var tr []struct {
+			FromKind string `json:"from_kind"`
+			Text     string `json:"text"`
+		}
+		get(t, f.sim.URL+"/sim/chats/"+c.ChatID+"/messages", &tr)
+		replies = replies[:0]
+		for _, m := range tr {
+			if m.FromKind == "bot" {
+				replies = append(replies, m.Text)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(replies[0], "Worker Bot") || replies[1] != secretText {
+		t.Fatalf("replies %q", replies)
+	}
+
+	// The history is ciphertext; codec decode opens it.
+	hist := &historypb.History{}
+	it := tc.GetWorkflowHistory(ctx, workflows.WorkflowID(id, c.ChatID), "", false, 0)
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hist.Events = append(hist.Events, ev)
+	}
+	data, err := temporalproto.CustomJSONMarshalOptions{}.Marshal(hist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, []byte(secretText)) || bytes.Contains(data, []byte(tok)) {
+		t.Fatal("history holds user text or the token in the clear")
+	}
+	stopWorker()
+	histFile := filepath.Join(dir, "history.json")
+	if err := os.WriteFile(histFile, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := f.mustRun(t, "", append([]string{"codec", "decode", histFile, "--payload-keys", keys}, keyringArgs(f)...)...)
+	if !strings.Contains(out, secretText) {
+		t.Fatal("codec decode did not reveal the user text")
+	}
+}
+
+// keyringArgs are the cipher flags alone (codec commands take no database).
+func keyringArgs(f *cliFix) []string { return []string{"--cipher", "local", "--keyring", f.keyring} }
+
+func post(t *testing.T, url string, in, out any) {
+	t.Helper()
+	b, _ := json.Marshal(in)
+	resp, err := http.Post(url, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("POST %s: %d %s", url, resp.StatusCode, body)
+	}
+	if out != nil {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func get(t *testing.T, url string, out any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,331 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/workflows/agents"
+)
+
+// Version markers (workflow.GetVersion change ids). Add a new one for every
+// change that alters the commands a workflow issues; never remove one while a
+// history that lacks it may still run (see docs/workflows.md).
+const (
+	// versionFailureNotice: after an agent fails for good, tell the chat so.
+	versionFailureNotice = "failure-notice"
+)
+
+// FailureNotice is what a chat is told when its bot's agent could not handle a message.
+const FailureNotice = "Sorry, I couldn't handle that message."
+
+// Workflow metric names (emitted through the SDK's replay-safe metrics handler).
+const (
+	metricDuplicates    = "agentrunner_workflows_duplicate_updates_total"
+	metricProcessed     = "agentrunner_workflows_updates_processed_total"
+	metricAgentFailures = "agentrunner_workflows_agent_failures_total"
+	metricActionFailed  = "agentrunner_workflows_action_failures_total"
+	metricContinued     = "agentrunner_workflows_continue_as_new_total"
+	metricIdleEnded     = "agentrunner_workflows_idle_ended_total"
+)
+
+// ChatWorkflow processes one chat's updates, in order, one at a time: it drops
+// update ids it has already processed, runs the bot's agent as an activity,
+// then performs the agent's actions as activities. It continues-as-new before
+// the history grows large (carrying dedupe state, memory and pending signals)
+// and ends after Settings.IdleTimeout without updates.
+func ChatWorkflow(ctx workflow.Context, in ChatInput) (ChatResult, error) {
+	c := &chat{in: in, st: in.State, s: in.Settings.withDefaults()}
+	c.st.Runs = in.State.Runs
+	if in.BotID == "" || in.ChatID == "" {
+		return ChatResult{}, temporal.NewNonRetryableApplicationError("chat workflow needs bot_id and chat_id", ErrTypeBadInput, nil)
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryState, c.view); err != nil {
+		return ChatResult{}, fmt.Errorf("set query handler: %w", err)
+	}
+	return c.run(ctx)
+}
+
+type chat struct {
+	in      ChatInput
+	st      ChatState
+	s       Settings
+	thisRun int // updates taken from Pending in this run
+}
+
+func (c *chat) view() (StateView, error) {
+	return StateView{
+		LastUpdateID: c.st.LastUpdateID,
+		Pending:      len(c.st.Pending),
+		Processed:    c.st.Processed,
+		Duplicates:   c.st.Duplicates,
+		Failures:     c.st.Failures,
+		Runs:         c.st.Runs,
+		MemoryTurns:  len(c.st.Memory),
+		LastError:    c.st.LastError,
+	}, nil
+}
+
+func (c *chat) result() ChatResult {
+	return ChatResult{LastUpdateID: c.st.LastUpdateID, Processed: c.st.Processed, Duplicates: c.st.Duplicates, Failures: c.st.Failures}
+}
+
+func (c *chat) run(ctx workflow.Context) (ChatResult, error) {
+	log := workflow.GetLogger(ctx)
+	updates := workflow.GetSignalChannel(ctx, SignalUpdate)
+	for {
+		// Take whatever has arrived, without blocking.
+		c.drain(ctx, updates)
+		if len(c.st.Pending) == 0 {
+			got, err := c.awaitUpdate(ctx, updates)
+			if err != nil {
+				return c.result(), err
+			}
+			if !got {
+				// Quiet long enough, and nothing arrived meanwhile: end. A signal
+				// racing with the completion fails it and the task is replayed
+				// with that signal, so nothing is lost.
+				workflow.GetMetricsHandler(ctx).Counter(metricIdleEnded).Inc(1)
+				log.Info("chat workflow idle; ending", "processed", c.st.Processed)
+				return c.result(), nil
+			}
+			continue
+		}
+		u := c.st.Pending[0]
+		c.st.Pending = c.st.Pending[1:]
+		c.thisRun++
+		c.process(ctx, u)
+		if c.shouldContinueAsNew(ctx) {
+			c.drain(ctx, updates)
+			next := c.in
+			next.State = c.st
+			next.State.Runs++
+			workflow.GetMetricsHandler(ctx).Counter(metricContinued).Inc(1)
+			log.Info("continuing as new", "events", workflow.GetInfo(ctx).GetCurrentHistoryLength(), "pending", len(c.st.Pending))
+			return c.result(), workflow.NewContinueAsNewError(ctx, ChatWorkflowName, next)
+		}
+	}
+}
+
+// drain moves every signal already received into Pending.
+func (c *chat) drain(ctx workflow.Context, ch workflow.ReceiveChannel) {
+	for {
+		var u buko.Update
+		if !ch.ReceiveAsync(&u) {
+			return
+		}
+		c.st.Pending = append(c.st.Pending, u)
+	}
+}
+
+// awaitUpdate blocks until an update arrives (true) or the idle timer fires (false).
+func (c *chat) awaitUpdate(ctx workflow.Context, ch workflow.ReceiveChannel) (bool, error) {
+	tctx, cancel := workflow.WithCancel(ctx)
+	defer cancel()
+	timer := workflow.NewTimer(tctx, c.s.IdleTimeout)
+	got, fired := false, false
+	sel := workflow.NewSelector(ctx)
+	sel.AddReceive(ch, func(rc workflow.ReceiveChannel, _ bool) {
+		var u buko.Update
+		rc.Receive(ctx, &u)
+		c.st.Pending = append(c.st.Pending, u)
+		got = true
+	})
+	sel.AddFuture(timer, func(f workflow.Future) {
+		if err := f.Get(ctx, nil); err == nil {
+			fired = true
+		}
+	})
+	sel.Select(ctx)
+	if got {
+		return true, nil
+	}
+	if !fired {
+		return false, errors.New("idle timer ended without firing")
+	}
+	c.drain(ctx, ch)
+	return len(c.st.Pending) > 0, nil
+}
+
+func (c *chat) shouldContinueAsNew(ctx workflow.Context) bool {
+	info := workflow.GetInfo(ctx)
+	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() >= c.s.MaxHistoryEvents ||
+		c.thisRun >= c.s.MaxUpdatesPerRun
+}
+
+// process handles one update: dedupe, agent, actions, memory.
+func (c *chat) process(ctx workflow.Context, u buko.Update) {
+	log := workflow.GetLogger(ctx)
+	metrics := workflow.GetMetricsHandler(ctx)
+	if !u.UpdateID.Valid() || u.ChatID() != c.in.ChatID {
+		// Not from the Handoff (a corrupted or hand-made signal): never let it
+		// touch the dedupe state.
+		c.st.Failures++
+		c.st.LastError = "dropped a signal that is not a valid update of this chat"
+		log.Warn("dropping invalid update signal")
+		return
+	}
+	if c.st.LastUpdateID != "" && u.UpdateID.Compare(c.st.LastUpdateID) <= 0 {
+		c.st.Duplicates++
+		metrics.Counter(metricDuplicates).Inc(1)
+		log.Debug("dropping already processed update", "update_id", string(u.UpdateID), "last_update_id", string(c.st.LastUpdateID))
+		return
+	}
+	defer func() {
+		c.st.LastUpdateID = u.UpdateID
+		c.st.Processed++
+		metrics.Counter(metricProcessed).Inc(1)
+	}()
+
+	var out AgentOutput
+	actx := workflow.WithActivityOptions(ctx, c.agentOptions())
+	err := workflow.ExecuteActivity(actx, ActivityAgent, AgentInput{
+		BotID: c.in.BotID, ChatID: c.in.ChatID, Update: u, Memory: c.st.Memory,
+	}).Get(ctx, &out)
+	if err != nil {
+		c.st.Failures++
+		c.st.LastError = fmt.Sprintf("update %s: agent: %s", u.UpdateID, errorSummary(err))
+		metrics.Counter(metricAgentFailures).Inc(1)
+		log.Warn("agent failed; update recorded as failed", "update_id", string(u.UpdateID), "error_type", errorType(err))
+		if workflow.GetVersion(ctx, versionFailureNotice, workflow.DefaultVersion, 1) == 1 && u.Message != nil {
+			c.perform(ctx, u, agents.Action{Type: agents.ActionSend, Text: FailureNotice, ReplyToMessageID: u.Message.MessageID})
+		}
+		return
+	}
+	sent := make([]string, 0, len(out.Actions))
+	for _, a := range out.Actions {
+		if !c.perform(ctx, u, a) {
+			break
+		}
+		if a.Type == agents.ActionSend {
+			sent = append(sent, a.Text)
+		}
+	}
+	c.remember(agents.MessageText(u), sent)
+}
+
+// perform runs one action as its activity; false means stop this reply's
+// remaining actions (the chat refuses the bot, or the action failed for good).
+func (c *chat) perform(ctx workflow.Context, u buko.Update, a agents.Action) bool {
+	name, ok := activityFor(a.Type)
+	if !ok {
+		c.st.LastError = fmt.Sprintf("update %s: unknown action type", u.UpdateID)
+		return true
+	}
+	sctx := workflow.WithActivityOptions(ctx, c.sendOptions())
+	err := workflow.ExecuteActivity(sctx, name, ActionInput{BotID: c.in.BotID, ChatID: c.in.ChatID, Action: a}).Get(ctx, nil)
+	if err == nil {
+		return true
+	}
+	c.st.Failures++
+	c.st.LastError = fmt.Sprintf("update %s: %s: %s", u.UpdateID, name, errorSummary(err))
+	workflow.GetMetricsHandler(ctx).Counter(metricActionFailed).Inc(1)
+	workflow.GetLogger(ctx).Warn("action failed", "update_id", string(u.UpdateID), "activity", name, "error_type", errorType(err))
+	return false
+}
+
+func activityFor(t string) (string, bool) {
+	switch t {
+	case agents.ActionSend:
+		return ActivitySendMessage, true
+	case agents.ActionEdit:
+		return ActivityEditMessageText, true
+	case agents.ActionDelete:
+		return ActivityDeleteMessage, true
+	case agents.ActionTyping:
+		return ActivitySendChatAction, true
+	case agents.ActionPhoto:
+		return ActivitySendPhoto, true
+	case agents.ActionDocument:
+		return ActivitySendDocument, true
+	}
+	return "", false
+}
+
+// remember appends the user's text and the bot's replies to the memory and
+// trims it to MemoryTurns turns and MemoryChars characters.
+func (c *chat) remember(user string, replies []string) {
+	if user == "" && len(replies) == 0 {
+		return
+	}
+	if user != "" {
+		c.st.Memory = append(c.st.Memory, agents.Turn{Role: agents.RoleUser, Text: user})
+	}
+	for _, r := range replies {
+		c.st.Memory = append(c.st.Memory, agents.Turn{Role: agents.RoleAssistant, Text: r})
+	}
+	c.st.Memory = trimMemory(c.st.Memory, c.s.MemoryTurns, c.s.MemoryChars)
+}
+
+func trimMemory(m []agents.Turn, turns, chars int) []agents.Turn {
+	if len(m) > turns {
+		m = m[len(m)-turns:]
+	}
+	total := 0
+	for i := len(m) - 1; i >= 0; i-- {
+		total += utf8.RuneCountInString(m[i].Text)
+		if total > chars {
+			m = m[i+1:]
+			break
+		}
+	}
+	return append([]agents.Turn(nil), m...)
+}
+
+func (c *chat) retryPolicy() *temporal.RetryPolicy {
+	return &temporal.RetryPolicy{
+		InitialInterval:    c.s.RetryInitial,
+		BackoffCoefficient: 2,
+		MaximumInterval:    c.s.RetryMax,
+		NonRetryableErrorTypes: []string{
+			ErrTypeAgentReply, ErrTypeAgentConfig, ErrTypeBotUnknown, ErrTypeBadInput,
+		},
+	}
+}
+
+func (c *chat) agentOptions() workflow.ActivityOptions {
+	return workflow.ActivityOptions{
+		StartToCloseTimeout:    c.s.AgentTimeout,
+		ScheduleToCloseTimeout: c.s.GiveUpAfter,
+		RetryPolicy:            c.retryPolicy(),
+		Priority:               temporal.Priority{FairnessKey: c.in.BotID},
+	}
+}
+
+func (c *chat) sendOptions() workflow.ActivityOptions {
+	return workflow.ActivityOptions{
+		StartToCloseTimeout:    c.s.SendTimeout,
+		ScheduleToCloseTimeout: c.s.GiveUpAfter,
+		RetryPolicy:            c.retryPolicy(),
+		Priority:               temporal.Priority{FairnessKey: c.in.BotID},
+	}
+}
+
+// errorType returns the application error type of an activity failure, or "".
+func errorType(err error) string {
+	var ae *temporal.ApplicationError
+	if errors.As(err, &ae) {
+		return ae.Type()
+	}
+	var te *temporal.TimeoutError
+	if errors.As(err, &te) {
+		return "TIMEOUT"
+	}
+	return ""
+}
+
+// errorSummary is the short, text-free description kept in the workflow state.
+func errorSummary(err error) string {
+	if t := errorType(err); t != "" {
+		return t
+	}
+	var ae *temporal.ApplicationError
+	if errors.As(err, &ae) {
+		return "application error"
+	}
+	return "failed"
+}

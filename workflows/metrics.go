@@ -1,0 +1,173 @@
+package workflows
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.temporal.io/sdk/client"
+)
+
+// Metrics are the workflows package's Prometheus metrics. A nil *Metrics is a
+// valid no-op. Labels never carry a bot, chat or user.
+type Metrics struct {
+	handoffs        *prometheus.CounterVec
+	handoffSeconds  prometheus.Histogram
+	apiCalls        *prometheus.CounterVec
+	apiSeconds      *prometheus.HistogramVec
+	agentCalls      *prometheus.CounterVec
+	agentSeconds    *prometheus.HistogramVec
+	quotaWaits      prometheus.Counter
+	quotaDeferrals  prometheus.Counter
+	busyRejections  prometheus.Counter
+	workflowCounter map[string]prometheus.Counter
+}
+
+// NewMetrics registers the metrics with reg; nil reg gives a no-op.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	if reg == nil {
+		return nil
+	}
+	m := &Metrics{
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentrunner_workflows_handoffs_total",
+			Help: "Updates handed to Temporal, by result (ok, transient, permanent).",
+		}, []string{"result"}),
+		handoffSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "agentrunner_workflows_handoff_duration_seconds",
+			Help:    "Time for one SignalWithStart handoff.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentrunner_workflows_bot_api_calls_total",
+			Help: "Bot API calls made by activities, by method and result (ok, retry, rate_limited, rejected).",
+		}, []string{"method", "result"}),
+		apiSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "agentrunner_workflows_bot_api_call_duration_seconds",
+			Help:    "Duration of Bot API calls made by activities.",
+			Buckets: prometheus.ExponentialBuckets(0.002, 2, 13),
+		}, []string{"method"}),
+		agentCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "agentrunner_workflows_agent_calls_total",
+			Help: "Agent activity attempts, by agent kind and result (ok, retry, permanent).",
+		}, []string{"agent", "result"}),
+		agentSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "agentrunner_workflows_agent_duration_seconds",
+			Help:    "Duration of agent activity attempts, by agent kind.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}, []string{"agent"}),
+		quotaWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentrunner_workflows_quota_waits_total",
+			Help: "Bot API calls that waited in the worker for the bot's tier quota.",
+		}),
+		quotaDeferrals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentrunner_workflows_quota_deferrals_total",
+			Help: "Bot API calls handed back to Temporal to retry later because the tier quota needed a long wait.",
+		}),
+		busyRejections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentrunner_workflows_bot_busy_total",
+			Help: "Activity attempts deferred because their bot was at its per-bot concurrency bound.",
+		}),
+		workflowCounter: map[string]prometheus.Counter{},
+	}
+	for name, help := range map[string]string{
+		metricDuplicates:    "Updates a chat workflow dropped because their update_id was already processed.",
+		metricProcessed:     "Updates chat workflows processed (agent run, actions done or failed).",
+		metricAgentFailures: "Updates whose agent activity failed for good.",
+		metricActionFailed:  "Agent actions (Bot API sends) that failed for good.",
+		metricContinued:     "Chat workflow continue-as-new transitions.",
+		metricIdleEnded:     "Chat workflows that ended after their quiet time.",
+	} {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+		m.workflowCounter[name] = c
+		reg.MustRegister(c)
+	}
+	reg.MustRegister(m.handoffs, m.handoffSeconds, m.apiCalls, m.apiSeconds, m.agentCalls, m.agentSeconds,
+		m.quotaWaits, m.quotaDeferrals, m.busyRejections)
+	return m
+}
+
+func (m *Metrics) handoff(err error, d time.Duration) {
+	if m == nil {
+		return
+	}
+	res := "ok"
+	switch {
+	case err == nil:
+	case IsPermanent(err):
+		res = "permanent"
+	default:
+		res = "transient"
+	}
+	m.handoffs.WithLabelValues(res).Inc()
+	m.handoffSeconds.Observe(d.Seconds())
+}
+
+func (m *Metrics) apiCall(method, result string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.apiCalls.WithLabelValues(method, result).Inc()
+	if d > 0 {
+		m.apiSeconds.WithLabelValues(method).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) agentCall(kind, result string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.agentCalls.WithLabelValues(kind, result).Inc()
+	m.agentSeconds.WithLabelValues(kind).Observe(d.Seconds())
+}
+
+func (m *Metrics) quotaWait() {
+	if m != nil {
+		m.quotaWaits.Inc()
+	}
+}
+
+func (m *Metrics) quotaDeferral() {
+	if m != nil {
+		m.quotaDeferrals.Inc()
+	}
+}
+
+func (m *Metrics) busy() {
+	if m != nil {
+		m.busyRejections.Inc()
+	}
+}
+
+// TemporalHandler adapts m to the SDK's metrics handler, for
+// client.Options.MetricsHandler. It forwards this package's workflow counters
+// (emitted replay-safely through workflow.GetMetricsHandler) and drops the
+// SDK's own metrics. Nil m gives the SDK's no-op handler.
+func (m *Metrics) TemporalHandler() client.MetricsHandler {
+	if m == nil {
+		return client.MetricsNopHandler
+	}
+	return temporalHandler{m: m}
+}
+
+type temporalHandler struct{ m *Metrics }
+
+func (h temporalHandler) WithTags(map[string]string) client.MetricsHandler { return h }
+
+func (h temporalHandler) Counter(name string) client.MetricsCounter {
+	if c, ok := h.m.workflowCounter[name]; ok {
+		return counterFunc(func(d int64) { c.Add(float64(d)) })
+	}
+	return client.MetricsNopHandler.Counter(name)
+}
+
+func (h temporalHandler) Gauge(name string) client.MetricsGauge {
+	return client.MetricsNopHandler.Gauge(name)
+}
+
+func (h temporalHandler) Timer(name string) client.MetricsTimer {
+	return client.MetricsNopHandler.Timer(name)
+}
+
+type counterFunc func(int64)
+
+func (f counterFunc) Inc(d int64) { f(d) }

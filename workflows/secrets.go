@@ -1,0 +1,92 @@
+package workflows
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+
+	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows/agents"
+	"buko.app/agentrunner/workflows/codec"
+)
+
+// The vault cipher seals bot tokens ("bot_…", bound to a bot id). Agent
+// secrets and payload-codec keys ride on it: the secret is base64url-encoded
+// behind the token prefix, and sealed bound to the bot id (agent secrets) or
+// to CodecKeyBinding (codec keys). So they live in the local keyring or in
+// Vault Transit exactly as tokens do, and a ciphertext copied onto another bot
+// does not open.
+
+// CodecKeyBinding is the id codec keys are bound to in the cipher.
+const CodecKeyBinding = "agentrunner:payload-codec"
+
+// maxSealedSecret keeps the encoded form within vault.MaxTokenLen.
+const maxSealedSecret = (vault.MaxTokenLen - len(vault.TokenPrefix)) * 3 / 4
+
+func sealValue(ctx context.Context, c vault.Cipher, binding string, secret []byte) (string, error) {
+	if len(secret) == 0 || len(secret) > maxSealedSecret {
+		return "", fmt.Errorf("workflows: secret must be 1–%d bytes", maxSealedSecret)
+	}
+	tok, err := vault.ParseToken(vault.TokenPrefix + base64.RawURLEncoding.EncodeToString(secret))
+	if err != nil {
+		return "", fmt.Errorf("workflows: wrap secret: %w", err)
+	}
+	sealed, err := c.Encrypt(ctx, []vault.Plaintext{{BotID: binding, Token: tok}})
+	if err != nil {
+		return "", fmt.Errorf("workflows: seal secret: %w", err)
+	}
+	return sealed[0].Ciphertext, nil
+}
+
+func openValue(ctx context.Context, c vault.Cipher, binding, ciphertext string) ([]byte, error) {
+	toks, err := c.Decrypt(ctx, []vault.Sealed{{BotID: binding, Ciphertext: ciphertext}})
+	if err != nil {
+		return nil, fmt.Errorf("workflows: open secret: %w", err)
+	}
+	enc, ok := strings.CutPrefix(toks[0].Reveal(), vault.TokenPrefix)
+	if !ok {
+		return nil, errors.New("workflows: sealed value is not a wrapped secret")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil {
+		return nil, errors.New("workflows: sealed value is not a wrapped secret")
+	}
+	return b, nil
+}
+
+// SealSecret seals an agent secret (API key, HMAC secret) for botID; the
+// result goes into bots.agent_config where the agent expects a secret reference.
+func SealSecret(ctx context.Context, c vault.Cipher, botID, secret string) (string, error) {
+	return sealValue(ctx, c, botID, []byte(secret))
+}
+
+// VaultSecrets resolves agents' secret references sealed with SealSecret.
+type VaultSecrets struct{ Cipher vault.Cipher }
+
+var _ agents.Secrets = VaultSecrets{}
+
+// Secret opens ref for botID.
+func (v VaultSecrets) Secret(ctx context.Context, botID, ref string) (string, error) {
+	b, err := openValue(ctx, v.Cipher, botID, ref)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// WrapCodecKey seals a payload-codec key for a codec.KeyFile.
+func WrapCodecKey(ctx context.Context, c vault.Cipher, key []byte) (string, error) {
+	return sealValue(ctx, c, CodecKeyBinding, key)
+}
+
+// KeyUnwrapper opens codec keys wrapped with WrapCodecKey.
+type KeyUnwrapper struct{ Cipher vault.Cipher }
+
+var _ codec.Unwrapper = KeyUnwrapper{}
+
+// Unwrap implements codec.Unwrapper.
+func (u KeyUnwrapper) Unwrap(ctx context.Context, wrapped string) ([]byte, error) {
+	return openValue(ctx, u.Cipher, CodecKeyBinding, wrapped)
+}

@@ -1,0 +1,199 @@
+package workflows
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/workflows/agents"
+)
+
+// Names registered with Temporal. Changing any of them breaks running workflows.
+const (
+	ChatWorkflowName = "ChatWorkflow"
+	SignalUpdate     = "update"
+	QueryState       = "state"
+
+	ActivityAgent           = "RunAgent"
+	ActivitySendMessage     = "SendMessage"
+	ActivitySendChatAction  = "SendChatAction"
+	ActivityEditMessageText = "EditMessageText"
+	ActivityDeleteMessage   = "DeleteMessage"
+	ActivitySendPhoto       = "SendPhoto"
+	ActivitySendDocument    = "SendDocument"
+
+	// DefaultTaskQueue matches TEMPORAL_TASK_QUEUE's default.
+	DefaultTaskQueue = "agentrunner"
+)
+
+// Error types of non-retryable activity failures (temporal.ApplicationError.Type()).
+const (
+	ErrTypeAgentReply   = "AGENT_BAD_REPLY" // the agent answered something unusable
+	ErrTypeAgentConfig  = "AGENT_CONFIG"    // the bot's agent config is invalid
+	ErrTypeBotUnknown   = "BOT_UNKNOWN"     // the bot is not (or no longer) in the directory
+	ErrTypeBotBusy      = "BOT_BUSY"        // retryable: the bot is at its concurrency bound
+	ErrTypeQuotaWait    = "QUOTA_WAIT"      // retryable: the bot's tier quota needs a wait
+	ErrTypeBadInput     = "BAD_INPUT"       // an activity input that cannot be sent
+	ErrTypeUnauthorized = buko.CodeUnauthorized
+)
+
+// Tokens resolves bot tokens in the worker (the vault token cache implements
+// it). Tokens never enter workflow inputs or history.
+type Tokens interface {
+	Token(ctx context.Context, botID string) (buko.Credential, error)
+	Invalidate(botID string)
+}
+
+// BotDirectory tells the worker what a bot is: its agent kind and config, its
+// tier. cmd wires it to the bots table.
+type BotDirectory interface {
+	Bot(ctx context.Context, botID string) (BotSpec, error)
+}
+
+// ErrBotNotFound is returned (wrapped) by a BotDirectory for an unknown bot.
+var ErrBotNotFound = errors.New("workflows: bot not found")
+
+// BotSpec is one row of the bot directory.
+type BotSpec struct {
+	ID          string          `json:"id"`
+	Handle      string          `json:"handle"`
+	DisplayName string          `json:"display_name"`
+	Tier        string          `json:"quota_tier"` // free, pro, team, official; "" → official
+	Agent       string          `json:"agent"`      // bots.agent: echo, http, openai
+	AgentConfig json.RawMessage `json:"agent_config,omitempty"`
+}
+
+// Settings tune the chat workflow. They travel in its input (and across
+// continue-as-new), so a replay always sees the values the run started with.
+// Zero fields take the defaults.
+type Settings struct {
+	IdleTimeout      time.Duration `json:"idle_timeout,omitempty"`        // quiet time after which the workflow ends; default 30m
+	MaxHistoryEvents int           `json:"max_history_events,omitempty"`  // continue-as-new past this many events; default 8000
+	MaxUpdatesPerRun int           `json:"max_updates_per_run,omitempty"` // continue-as-new after this many updates in one run; default 500
+	MemoryTurns      int           `json:"memory_turns,omitempty"`        // conversation turns kept; default 20
+	MemoryChars      int           `json:"memory_chars,omitempty"`        // characters kept across those turns; default 16000
+	AgentTimeout     time.Duration `json:"agent_timeout,omitempty"`       // one agent attempt; default 2m
+	SendTimeout      time.Duration `json:"send_timeout,omitempty"`        // one Bot API attempt; default 30s
+	RetryInitial     time.Duration `json:"retry_initial,omitempty"`       // first retry back-off; default 1s
+	RetryMax         time.Duration `json:"retry_max,omitempty"`           // back-off cap; default 1m
+	GiveUpAfter      time.Duration `json:"give_up_after,omitempty"`       // total time for one activity with retries; default 1h
+}
+
+// DefaultSettings are the production defaults.
+func DefaultSettings() Settings {
+	return Settings{
+		IdleTimeout:      30 * time.Minute,
+		MaxHistoryEvents: 8000,
+		MaxUpdatesPerRun: 500,
+		MemoryTurns:      20,
+		MemoryChars:      16000,
+		AgentTimeout:     2 * time.Minute,
+		SendTimeout:      30 * time.Second,
+		RetryInitial:     time.Second,
+		RetryMax:         time.Minute,
+		GiveUpAfter:      time.Hour,
+	}
+}
+
+// withDefaults fills zero fields.
+func (s Settings) withDefaults() Settings {
+	d := DefaultSettings()
+	if s.IdleTimeout <= 0 {
+		s.IdleTimeout = d.IdleTimeout
+	}
+	if s.MaxHistoryEvents <= 0 {
+		s.MaxHistoryEvents = d.MaxHistoryEvents
+	}
+	if s.MaxUpdatesPerRun <= 0 {
+		s.MaxUpdatesPerRun = d.MaxUpdatesPerRun
+	}
+	if s.MemoryTurns <= 0 {
+		s.MemoryTurns = d.MemoryTurns
+	}
+	if s.MemoryChars <= 0 {
+		s.MemoryChars = d.MemoryChars
+	}
+	if s.AgentTimeout <= 0 {
+		s.AgentTimeout = d.AgentTimeout
+	}
+	if s.SendTimeout <= 0 {
+		s.SendTimeout = d.SendTimeout
+	}
+	if s.RetryInitial <= 0 {
+		s.RetryInitial = d.RetryInitial
+	}
+	if s.RetryMax <= 0 {
+		s.RetryMax = d.RetryMax
+	}
+	if s.GiveUpAfter <= 0 {
+		s.GiveUpAfter = d.GiveUpAfter
+	}
+	return s
+}
+
+// ChatInput starts (or continues) a chat workflow.
+type ChatInput struct {
+	BotID    string    `json:"bot_id"`
+	ChatID   string    `json:"chat_id"`
+	Settings Settings  `json:"settings"`
+	State    ChatState `json:"state"`
+}
+
+// ChatState is what a chat workflow carries across continue-as-new.
+type ChatState struct {
+	LastUpdateID buko.UpdateID `json:"last_update_id,omitempty"` // highest update processed (or dropped as failed)
+	Memory       []agents.Turn `json:"memory,omitempty"`
+	Pending      []buko.Update `json:"pending,omitempty"` // drained signals not yet processed
+	Processed    int64         `json:"processed"`
+	Duplicates   int64         `json:"duplicates"`
+	Failures     int64         `json:"failures"`
+	Runs         int           `json:"runs"` // continue-as-new generations so far
+	LastError    string        `json:"last_error,omitempty"`
+}
+
+// ChatResult is a chat workflow's result when it ends after its quiet time.
+type ChatResult struct {
+	LastUpdateID buko.UpdateID `json:"last_update_id,omitempty"`
+	Processed    int64         `json:"processed"`
+	Duplicates   int64         `json:"duplicates"`
+	Failures     int64         `json:"failures"`
+}
+
+// StateView answers the "state" query; it holds no user text.
+type StateView struct {
+	LastUpdateID buko.UpdateID `json:"last_update_id,omitempty"`
+	Pending      int           `json:"pending"`
+	Processed    int64         `json:"processed"`
+	Duplicates   int64         `json:"duplicates"`
+	Failures     int64         `json:"failures"`
+	Runs         int           `json:"runs"`
+	MemoryTurns  int           `json:"memory_turns"`
+	LastError    string        `json:"last_error,omitempty"`
+}
+
+// AgentInput is the agent activity's input.
+type AgentInput struct {
+	BotID  string        `json:"bot_id"`
+	ChatID string        `json:"chat_id"`
+	Update buko.Update   `json:"update"`
+	Memory []agents.Turn `json:"memory,omitempty"`
+}
+
+// AgentOutput is the agent activity's result.
+type AgentOutput struct {
+	Actions []agents.Action `json:"actions,omitempty"`
+}
+
+// ActionInput is the input of every send activity: one agent action for one chat.
+type ActionInput struct {
+	BotID  string        `json:"bot_id"`
+	ChatID string        `json:"chat_id"`
+	Action agents.Action `json:"action"`
+}
+
+// ActionResult is a send activity's result.
+type ActionResult struct {
+	MessageID string `json:"message_id,omitempty"`
+}
