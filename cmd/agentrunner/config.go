@@ -36,13 +36,19 @@ func (g *globals) setupLogging(w io.Writer) error {
 	if err != nil || lvl == zerolog.NoLevel {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
 	}
-	var out io.Writer = w
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		tty = isatty.IsTerminal(f.Fd())
+	}
+	// Many goroutines log at once; the writer a caller hands us need not be safe for that.
+	w = zerolog.SyncWriter(w)
+	out := w
 	switch g.logFormat {
 	case "json":
 	case "console":
 		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
 	case "auto":
-		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		if tty {
 			out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
 		}
 	default:

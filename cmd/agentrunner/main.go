@@ -69,6 +69,7 @@ a flag given on the command line wins.`,
 		newBotsCmd(g),
 		newVaultCmd(g),
 		newMigrateCmd(g),
+		newServeCmd(g),
 		newWorkerCmd(g),
 		newCodecCmd(g),
 	)

@@ -1,0 +1,270 @@
+package main
+
+// agentrunner serve: one replica of the runner (the supervisor of
+// package runner), with its admin endpoints, until SIGTERM drains it.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"buko.app/agentrunner/runner"
+	"buko.app/agentrunner/sessions"
+	"buko.app/agentrunner/vault"
+)
+
+// Handoff implementations selectable with --handoff.
+const (
+	handoffPostgres = "postgres"
+	handoffTemporal = "temporal"
+)
+
+// serveFlags are the settings of agentrunner serve.
+type serveFlags struct {
+	db                dbFlags
+	cipher            cipherFlags
+	buko              bukoFlags
+	gatewayURL        string
+	runnerID          string
+	adminAddr         string
+	handoff           string
+	leaseTTL          time.Duration
+	drainTimeout      time.Duration
+	reconcileInterval time.Duration
+	tokenCacheTTL     time.Duration
+}
+
+func defaultRunnerID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "runner"
+	}
+	return host + "-" + strconv.Itoa(os.Getpid())
+}
+
+func (f *serveFlags) check() error {
+	switch {
+	case f.leaseTTL < time.Second:
+		return fmt.Errorf("--lease-ttl %s: want at least 1s", f.leaseTTL)
+	case f.drainTimeout <= 0:
+		return fmt.Errorf("--drain-timeout %s: want a positive duration", f.drainTimeout)
+	case f.reconcileInterval < 100*time.Millisecond:
+		return fmt.Errorf("--reconcile-interval %s: want at least 100ms", f.reconcileInterval)
+	case f.runnerID == "" || len(f.runnerID) > 200:
+		return fmt.Errorf("--runner-id %q: want 1 to 200 characters", f.runnerID)
+	case f.handoff != handoffPostgres && f.handoff != handoffTemporal:
+		return fmt.Errorf("--handoff %q: want %s or %s", f.handoff, handoffPostgres, handoffTemporal)
+	case f.tokenCacheTTL < 0:
+		return fmt.Errorf("--token-cache-ttl %s: must not be negative", f.tokenCacheTTL)
+	case f.handoff == handoffTemporal:
+		return errors.New("--handoff temporal: the Temporal handoff is not wired into serve in this build; use --handoff postgres")
+	}
+	return nil
+}
+
+func newServeCmd(g *globals) *cobra.Command {
+	f := &serveFlags{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run one replica of the runner: shard leases, one Gateway session per owned bot",
+		Long: `Run one replica of the runner. Replicas share the bots through shard leases in
+Postgres (docs/ownership.md): each replica claims up to its fair share of the
+shards, runs one Gateway session for every active bot of the shards it holds,
+hands every update off durably before acknowledging it, and stops the sessions
+of any shard whose lease it could not renew in time (self-fencing).
+
+Bots added, paused, resumed or removed with "agentrunner bots" start or stop
+within a moment (LISTEN/NOTIFY), with a periodic full pass as a safety net.
+
+SIGTERM (or Ctrl-C) drains: no new shards, in-flight handoffs finish, final
+acks are sent, sockets close, leases are released and peers are told, so they
+take the bots over at once. A second signal, or --drain-timeout, ends it hard.
+
+The admin address serves /healthz, /readyz and /metrics.`,
+		Example: `  agentrunner serve --database-url postgres://localhost:5432/agentrunner?sslmode=disable \
+    --buko-api-url http://127.0.0.1:8081 --admin-addr 127.0.0.1:8080`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return usageError{err}
+			}
+			return runServe(cmd, g, f)
+		},
+	}
+	fs := cmd.Flags()
+	f.db.bind(fs)
+	f.cipher.bind(fs)
+	f.buko.bind(fs)
+	fs.StringVar(&f.gatewayURL, "buko-gateway-url", "", "Bot Gateway WebSocket URL (default: derived from --buko-api-url, wss://…/bot/ws)")
+	fs.StringVar(&f.runnerID, "runner-id", defaultRunnerID(), "this replica's id, unique in the fleet (default hostname-pid)")
+	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:8080", "address of the admin HTTP endpoints (/healthz, /readyz, /metrics)")
+	fs.StringVar(&f.handoff, "handoff", handoffPostgres, "where updates are handed off: postgres (the handoffs table) or temporal")
+	fs.DurationVar(&f.leaseTTL, "lease-ttl", runner.DefaultLeaseTTL, "shard lease TTL; renewed every TTL/3; the same on every replica")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long a SIGTERM drain may take before sessions are closed hard")
+	fs.DurationVar(&f.reconcileInterval, "reconcile-interval", runner.DefaultReconcileInterval, "period of the full reconcile pass (notifications act at once)")
+	fs.DurationVar(&f.tokenCacheTTL, "token-cache-ttl", vault.DefaultCacheTTL, "how long decrypted tokens stay in memory")
+	envFlag(fs, "buko-gateway-url", "BUKO_GATEWAY_URL")
+	envFlag(fs, "runner-id", "AGENTRUNNER_RUNNER_ID")
+	envFlag(fs, "admin-addr", "AGENTRUNNER_ADMIN_ADDR")
+	envFlag(fs, "handoff", "AGENTRUNNER_HANDOFF")
+	envFlag(fs, "lease-ttl", "AGENTRUNNER_LEASE_TTL")
+	envFlag(fs, "drain-timeout", "AGENTRUNNER_DRAIN_TIMEOUT")
+	envFlag(fs, "reconcile-interval", "AGENTRUNNER_RECONCILE_INTERVAL")
+	envFlag(fs, "token-cache-ttl", "AGENTRUNNER_TOKEN_CACHE_TTL")
+	return cmd
+}
+
+func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
+	log := g.log.With().Str("runner_id", f.runnerID).Logger()
+	// Signals: the first begins the drain, the second ends it hard. main's
+	// context also ends on the first; that is the same request.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(sigs)
+
+	client, err := f.buko.client()
+	if err != nil {
+		return err
+	}
+	if f.gatewayURL != "" && f.gatewayURL != client.GatewayURL() {
+		return usageError{fmt.Errorf("--buko-gateway-url %q: this build dials the Gateway at the URL derived from --buko-api-url (%s); a separate Gateway host is not supported yet", f.gatewayURL, client.GatewayURL())}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := runner.NewMetrics(reg)
+	vm := vault.NewMetrics(reg)
+
+	ctx := cmd.Context()
+	pool, err := f.db.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ci, err := f.cipher.open(ctx, log, vm)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = ci.Cleanup() }()
+	store := vault.NewStore(pool, ci, log, vm)
+	tokens := vault.NewCache(store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "runner:" + f.runnerID})
+
+	var handoff sessions.Handoff
+	switch f.handoff {
+	case handoffPostgres:
+		handoff = runner.NewPGHandoff(pool, f.runnerID, metrics)
+	}
+
+	ln, err := net.Listen("tcp", f.adminAddr)
+	if err != nil {
+		return fmt.Errorf("admin listener on %s: %w", f.adminAddr, err)
+	}
+	adminAddr := ln.Addr().String()
+
+	sup, err := runner.NewSupervisor(runner.SupervisorConfig{
+		Pool: pool, RunnerID: f.runnerID, TTL: f.leaseTTL,
+		Client: client, Tokens: tokens, Handoff: handoff,
+		ReconcileInterval: f.reconcileInterval,
+		SessionMetrics:    sessions.NewMetrics(reg),
+		Metrics:           metrics,
+		Logger:            g.log,
+		Version:           currentBuild().Version,
+		AdminAddr:         adminAddr,
+	})
+	if err != nil {
+		_ = ln.Close()
+		return usageError{err}
+	}
+
+	admin := &http.Server{Handler: adminMux(reg, sup), ReadHeaderTimeout: 10 * time.Second}
+	adminErr := make(chan error, 1)
+	go func() { adminErr <- admin.Serve(ln) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = admin.Shutdown(sctx)
+	}()
+
+	// The supervisor outlives the first signal: it keeps renewing leases
+	// while the drain runs.
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	runDone := make(chan error, 1)
+	go func() { runDone <- sup.Run(runCtx) }()
+	log.Info().Str("admin_addr", "http://"+adminAddr).Str("buko", client.BaseURL()).
+		Dur("lease_ttl", f.leaseTTL).Str("handoff", f.handoff).Msg("runner serving")
+
+	signals := 0
+	select {
+	case err := <-runDone:
+		return fmt.Errorf("supervisor stopped: %w", err)
+	case err := <-adminErr:
+		stopRun()
+		<-runDone
+		return fmt.Errorf("admin server: %w", err)
+	case <-sigs:
+		signals++
+	case <-ctx.Done():
+	}
+
+	log.Info().Dur("timeout", f.drainTimeout).Msg("draining: a second signal ends it hard")
+	start := time.Now()
+	dctx, cancelDrain := context.WithTimeout(context.Background(), f.drainTimeout)
+	defer cancelDrain()
+	drained := make(chan error, 1)
+	go func() { drained <- sup.Drain(dctx) }()
+	var drainErr error
+wait:
+	for {
+		select {
+		case drainErr = <-drained:
+			break wait
+		case <-sigs:
+			signals++
+			if signals >= 2 {
+				log.Warn().Msg("second signal: stopping hard")
+				cancelDrain()
+			}
+		}
+	}
+	stopRun()
+	runErr := <-runDone
+	if drainErr != nil {
+		log.Warn().Err(drainErr).Dur("took", time.Since(start)).Msg("drain did not finish; sessions were closed hard")
+		return fmt.Errorf("drain: %w", drainErr)
+	}
+	log.Info().Dur("took", time.Since(start)).Msg("drained; leases released")
+	return runErr
+}
+
+// adminMux serves the admin endpoints; the full admin API comes later.
+func adminMux(reg *prometheus.Registry, sup *runner.Supervisor) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !sup.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: no recent heartbeat, or draining\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
