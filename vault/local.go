@@ -179,18 +179,29 @@ func (l *Local) Encrypt(ctx context.Context, items []Plaintext) ([]Sealed, error
 	return out, batchErr(len(items), failed)
 }
 
-// Decrypt implements Cipher.
-func (l *Local) Decrypt(ctx context.Context, items []Sealed) ([]Token, error) {
+// rlockFor reloads the keyring file when items name a key version this process
+// has not seen (another process rotated), then read-locks the keyring. On nil
+// the caller must RUnlock.
+func (l *Local) rlockFor(items []Sealed) error {
 	if l.needsReload(items) {
 		if err := l.reload(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	l.mu.RLock()
-	defer l.mu.RUnlock()
 	if l.aeads == nil {
-		return nil, fmt.Errorf("%w: keyring not provisioned", ErrConfig)
+		l.mu.RUnlock()
+		return fmt.Errorf("%w: keyring not provisioned", ErrConfig)
 	}
+	return nil
+}
+
+// Decrypt implements Cipher.
+func (l *Local) Decrypt(ctx context.Context, items []Sealed) ([]Token, error) {
+	if err := l.rlockFor(items); err != nil {
+		return nil, err
+	}
+	defer l.mu.RUnlock()
 	out := make([]Token, len(items))
 	var failed []ItemError
 	for i, it := range items {
@@ -207,16 +218,10 @@ func (l *Local) Decrypt(ctx context.Context, items []Sealed) ([]Token, error) {
 
 // Rewrap implements Cipher: open with the old version, seal with the current one.
 func (l *Local) Rewrap(ctx context.Context, items []Sealed) ([]Sealed, error) {
-	if l.needsReload(items) {
-		if err := l.reload(); err != nil {
-			return nil, err
-		}
+	if err := l.rlockFor(items); err != nil {
+		return nil, err
 	}
-	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if l.aeads == nil {
-		return nil, fmt.Errorf("%w: keyring not provisioned", ErrConfig)
-	}
 	out := make([]Sealed, len(items))
 	var failed []ItemError
 	for i, it := range items {

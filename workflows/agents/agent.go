@@ -99,6 +99,14 @@ type Env struct {
 	Logger  zerolog.Logger
 }
 
+// httpClient is the client for outbound calls, a default one if none was given.
+func (e Env) httpClient() *http.Client {
+	if e.HTTP == nil {
+		return &http.Client{}
+	}
+	return e.HTTP
+}
+
 // Secrets resolves a secret reference from an agent's config (an API key, an
 // HMAC secret) for the given bot. The worker backs it with the keyring or Vault.
 type Secrets interface {

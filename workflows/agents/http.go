@@ -78,17 +78,10 @@ func NewHTTP(config json.RawMessage) (Agent, error) {
 
 // Provision resolves the HMAC secret.
 func (a *HTTPAgent) Provision(ctx context.Context, env Env) error {
-	a.bot = env.Bot
-	a.hc = env.HTTP
-	if a.hc == nil {
-		a.hc = &http.Client{}
-	}
-	if a.cfg.Secret == "" {
-		return Permanent(errors.New("secret is required"))
-	}
-	s, err := resolveSecret(ctx, env, a.cfg.Secret)
+	a.bot, a.hc = env.Bot, env.httpClient()
+	s, err := requiredSecret(ctx, env, "secret", a.cfg.Secret)
 	if err != nil {
-		return fmt.Errorf("secret: %w", err)
+		return err
 	}
 	a.secret = []byte(s)
 	return nil
@@ -227,6 +220,19 @@ func redactURL(err error) error {
 		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
 	}
 	return err
+}
+
+// requiredSecret resolves the config field name's secret reference ref, which
+// must be set.
+func requiredSecret(ctx context.Context, env Env, name, ref string) (string, error) {
+	if ref == "" {
+		return "", Permanent(fmt.Errorf("%s is required", name))
+	}
+	v, err := resolveSecret(ctx, env, ref)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	return v, nil
 }
 
 // resolveSecret turns a secret reference into its value: "env:NAME" reads the

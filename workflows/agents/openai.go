@@ -74,17 +74,10 @@ func NewOpenAI(config json.RawMessage) (Agent, error) {
 
 // Provision resolves the API key.
 func (a *OpenAIAgent) Provision(ctx context.Context, env Env) error {
-	a.bot = env.Bot
-	a.hc = env.HTTP
-	if a.hc == nil {
-		a.hc = &http.Client{}
-	}
-	if a.cfg.APIKey == "" {
-		return Permanent(errors.New("api_key is required"))
-	}
-	k, err := resolveSecret(ctx, env, a.cfg.APIKey)
+	a.bot, a.hc = env.Bot, env.httpClient()
+	k, err := requiredSecret(ctx, env, "api_key", a.cfg.APIKey)
 	if err != nil {
-		return fmt.Errorf("api_key: %w", err)
+		return err
 	}
 	a.key = k
 	return nil
