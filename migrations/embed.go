@@ -85,6 +85,53 @@ func Up(ctx context.Context, db *sql.DB) ([]Applied, error) {
 		return nil, err
 	}
 	res, err := p.Up(ctx)
+	return applied(res, err)
+}
+
+// ErrShardCount means an installation was asked for a shard count other than
+// the one it was installed with (bots.shard depends on it).
+var ErrShardCount = errors.New("the shard count is fixed at install")
+
+// UpWithShards is Up for an installation of shards shards (0 keeps whatever
+// the database has, 128 on a fresh one). On a fresh database it applies the
+// first migration, records the count in cluster_settings, then applies the
+// rest, which create one lease row per shard. On an installed database it
+// refuses a different count with ErrShardCount. Run it from one place at a
+// time (the Helm hook Job); concurrent runs of the rest are serialized.
+func UpWithShards(ctx context.Context, db *sql.DB, shards int) ([]Applied, error) {
+	if shards <= 0 {
+		return Up(ctx, db)
+	}
+	p, err := provider(db)
+	if err != nil {
+		return nil, err
+	}
+	out, err := applied(p.UpTo(ctx, 1))
+	if err != nil {
+		return out, err
+	}
+	var have int
+	if err := db.QueryRowContext(ctx, `SELECT shard_count FROM cluster_settings`).Scan(&have); err != nil {
+		return out, fmt.Errorf("migrations: read shard count: %w", err)
+	}
+	if have != shards {
+		version, err := p.GetDBVersion(ctx)
+		if err != nil {
+			return out, fmt.Errorf("migrations: %w", err)
+		}
+		if version > 1 {
+			return out, fmt.Errorf("%w: this database has %d shards, not %d", ErrShardCount, have, shards)
+		}
+		if _, err := db.ExecContext(ctx, `UPDATE cluster_settings SET shard_count = $1`, shards); err != nil {
+			return out, fmt.Errorf("migrations: set shard count %d: %w", shards, err)
+		}
+	}
+	rest, err := Up(ctx, db)
+	return append(out, rest...), err
+}
+
+// applied turns goose's results into ours and names the file that failed.
+func applied(res []*goose.MigrationResult, err error) ([]Applied, error) {
 	var out []Applied
 	for _, r := range res {
 		if r == nil || r.Source == nil || r.Error != nil {

@@ -35,11 +35,20 @@ so every replica may run it at start. "migrate status" lists them.`,
 }
 
 func newMigrateUpCmd(g *globals) *cobra.Command {
-	var db dbFlags
+	var (
+		db     dbFlags
+		shards int
+	)
 	cmd := &cobra.Command{
-		Use:     "up",
-		Short:   "Apply every pending migration",
-		Example: "  agentrunner migrate up",
+		Use:   "up",
+		Short: "Apply every pending migration",
+		Long: `Apply every pending migration, each in its own transaction.
+
+--shards sets the number of shards the bots are spread over. It is fixed when
+the schema is first installed; later runs with another number are refused,
+because every bot's shard is derived from it. Leave it unset to keep what the
+database has (128 on a fresh install).`,
+		Example: "  agentrunner migrate up\n  agentrunner migrate up --shards 256   # a fresh install only",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sqldb, err := openSQL(cmd.Context(), &db)
@@ -47,7 +56,10 @@ func newMigrateUpCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer sqldb.Close()
-			applied, err := migrations.Up(cmd.Context(), sqldb)
+			if shards < 0 || shards > 65536 {
+				return usageError{fmt.Errorf("--shards %d: want 1 to 65536 (or 0 to keep the installed count)", shards)}
+			}
+			applied, err := migrations.UpWithShards(cmd.Context(), sqldb, shards)
 			for _, a := range applied {
 				fmt.Fprintf(cmd.OutOrStdout(), "applied %s (%s)\n", a.File, a.Duration.Round(time.Millisecond))
 			}
@@ -62,6 +74,8 @@ func newMigrateUpCmd(g *globals) *cobra.Command {
 		},
 	}
 	db.bind(cmd.Flags())
+	cmd.Flags().IntVar(&shards, "shards", 0, "number of shards, fixed at install (0: keep the installed count; 128 on a fresh install)")
+	envFlag(cmd.Flags(), "shards", "AGENTRUNNER_SHARDS")
 	return cmd
 }
 

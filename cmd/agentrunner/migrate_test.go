@@ -1,6 +1,7 @@
 package main
 
 import (
+	"database/sql"
 	"strings"
 	"testing"
 
@@ -40,5 +41,33 @@ func TestMigrateCommands(t *testing.T) {
 		if _, _, err := f.run(t, "", args...); err == nil || !isUsage(err) {
 			t.Errorf("%v: want a usage error, got %v", args, err)
 		}
+	}
+}
+
+func TestMigrateUpShardsFixedAtInstall(t *testing.T) {
+	f := &cliFix{}
+	dsn := pgtest.NewEmpty(t)
+	f.mustRun(t, "", "migrate", "up", "--database-url", dsn, "--shards", "16")
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var count, leases int
+	if err := db.QueryRow(`SELECT shard_count, (SELECT count(*) FROM shard_leases) FROM cluster_settings`).Scan(&count, &leases); err != nil {
+		t.Fatal(err)
+	}
+	if count != 16 || leases != 16 {
+		t.Fatalf("shard_count %d, %d lease rows: want 16 and 16", count, leases)
+	}
+	// The same count again is a no-op; another is refused; none keeps what is there.
+	f.mustRun(t, "", "migrate", "up", "--database-url", dsn, "--shards", "16")
+	t.Setenv("AGENTRUNNER_SHARDS", "32")
+	if _, _, err := f.run(t, "", "migrate", "up", "--database-url", dsn); err == nil || !strings.Contains(err.Error(), "fixed at install") {
+		t.Fatalf("another shard count: want refused, got %v", err)
+	}
+	f.mustRun(t, "", "migrate", "up", "--database-url", dsn, "--shards", "0")
+	if _, _, err := f.run(t, "", "migrate", "up", "--database-url", dsn, "--shards", "-1"); err == nil || !isUsage(err) {
+		t.Fatalf("negative shards: want a usage error, got %v", err)
 	}
 }

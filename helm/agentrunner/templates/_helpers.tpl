@@ -177,8 +177,11 @@ binary: values in, the documented variable names out. Secrets arrive as files
 - name: AGENTRUNNER_VAULT_K8S_MOUNT
   value: {{ $v.vault.kubernetes.mount | quote }}
 {{- else if eq $v.vault.auth "approle" }}
-- name: AGENTRUNNER_VAULT_APPROLE_ROLE_ID_FILE
-  value: /etc/agentrunner/vault-approle/role_id
+- name: AGENTRUNNER_VAULT_APPROLE_ROLE_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.vault.approle.existingSecret | quote }}
+      key: {{ $v.vault.approle.roleIdKey | quote }}
 - name: AGENTRUNNER_VAULT_APPROLE_SECRET_ID_FILE
   value: /etc/agentrunner/vault-approle/secret_id
 {{- else if eq $v.vault.auth "token" }}
