@@ -46,8 +46,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconnects_total",
 			Help: "Gateway reconnects (a socket ended or an upgrade failed), by cause."}, []string{"cause"}),
 		handoff: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "handoff_duration_seconds",
-			Help:    "Time from the start of an update's handoff to its success, retries included.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14)}),
+			Help: "Time from the start of an update's handoff to its success, retries included.",
+			// 1 s is the ingest SLO's threshold (deploy/prometheus), so it is a bound.
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}),
 		handoffErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_errors_total",
 			Help: "Failed handoff attempts: retryable (retried) or permanent (update skipped)."}, []string{"kind"}),
 		updates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "updates_received_total",
