@@ -25,8 +25,8 @@ FUZZTIME  ?= 30s
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-dev: services build ## run the whole system locally on embedded defaults
-	. $(SERVICES_ENV); exec $(BIN) sim --addr $${AGENTRUNNER_SIM_ADDR:-127.0.0.1:8081}
+dev: services build ## run the whole system locally on embedded defaults (docs/dev.md)
+	AGENTRUNNER_TEMPORAL_BIN="$${AGENTRUNNER_TEMPORAL_BIN:-$$(. $(SERVICES_ENV); echo "$${AGENTRUNNER_TEMPORAL_BIN:-}")}" exec $(BIN) dev
 
 test: services ## every test, with the real services (vet, then go test -race)
 	. $(SERVICES_ENV); \

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -86,8 +87,9 @@ type GetUpdatesParams struct {
 // bot's Credential, revealed only into the Authorization header. A Client is
 // safe for concurrent use by many bots.
 type Client struct {
-	base string
-	hc   *http.Client
+	base    string
+	gateway string // "" → derived from base
+	hc      *http.Client
 }
 
 // NewClient returns a client for the API at baseURL ("" → DefaultAPIURL).
@@ -123,7 +125,11 @@ func (c *Client) BaseURL() string { return c.base }
 
 // GatewayURL is the Bot Gateway WebSocket URL derived from the base:
 // https→wss, http→ws, plus GatewayPath.
+// WithGatewayURL overrides it (see WithGatewayURL).
 func (c *Client) GatewayURL() string {
+	if c.gateway != "" {
+		return c.gateway
+	}
 	u := c.base
 	switch {
 	case strings.HasPrefix(u, "https://"):
@@ -132,6 +138,27 @@ func (c *Client) GatewayURL() string {
 		u = "ws://" + u[len("http://"):]
 	}
 	return u + GatewayPath
+}
+
+// WithGatewayURL returns a copy of c that dials the Bot Gateway at u instead
+// of the URL derived from the REST base (a separate Gateway host). u must be
+// an absolute ws:// or wss:// URL with a host; "" returns a copy that uses the
+// derived URL. c itself is unchanged; the copy shares c's HTTP client.
+func (c *Client) WithGatewayURL(u string) (*Client, error) {
+	cp := *c
+	cp.gateway = ""
+	if u == "" {
+		return &cp, nil
+	}
+	pu, err := url.Parse(u)
+	if err != nil {
+		return nil, fmt.Errorf("buko: gateway URL: %w", err)
+	}
+	if (pu.Scheme != "ws" && pu.Scheme != "wss") || pu.Host == "" || pu.User != nil || pu.Fragment != "" {
+		return nil, fmt.Errorf("buko: gateway URL %q: want ws://host/… or wss://host/… without credentials", u)
+	}
+	cp.gateway = u
+	return &cp, nil
 }
 
 // AuthHeader is the header set for the Gateway upgrade request:

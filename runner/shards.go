@@ -417,10 +417,12 @@ const renewSQL = `
 WITH hb AS (
 	INSERT INTO runners AS r (id, heartbeat_at, draining, version, admin_addr, incarnation)
 	VALUES ($1, now(), $5, $6, $7, $10)
-	ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), draining = excluded.draining,
+	-- draining is sticky within one process: the admin API may set it (drain-runner)
+	ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(),
+		draining = excluded.draining OR (r.draining AND r.incarnation = excluded.incarnation),
 		version = excluded.version, admin_addr = excluded.admin_addr, incarnation = excluded.incarnation
 	WHERE r.incarnation = excluded.incarnation OR r.heartbeat_at + $4 * interval '1 millisecond' <= now()
-	RETURNING r.id
+	RETURNING r.id, r.draining
 ), renewed AS (
 	UPDATE shard_leases l SET expires_at = now() + $4 * interval '1 millisecond'
 	FROM unnest($2::integer[], $3::bigint[]) AS h(shard, epoch)
@@ -447,7 +449,8 @@ SELECT
 			WHERE id <> $1 AND NOT draining AND heartbeat_at + $4 * interval '1 millisecond' > now())
 	) - now())::float8),
 	(SELECT count(*) FROM gone),
-	(SELECT count(*) FROM hb)`
+	(SELECT count(*) FROM hb),
+	coalesce((SELECT bool_or(draining) FROM hb), false)`
 
 // tick is one heartbeat-renew-rebalance round. joined is when the replica
 // first heartbeated (zero before that).
@@ -479,13 +482,14 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 		nextExp  *float64
 		gone     int
 		me       int
+		dbDrain  bool
 		ttlMilli = s.cfg.TTL.Milliseconds()
 	)
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.TTL/3)
 	sent := time.Now()
 	err := s.cfg.Pool.QueryRow(rctx, renewSQL, s.cfg.RunnerID, shards, epochs, ttlMilli, draining,
 		s.cfg.Version, s.cfg.AdminAddr, staleRunnerAge.Milliseconds(), keep, s.incarnation).
-		Scan(&renewed, &orphans, &peers, &nextExp, &gone, &me)
+		Scan(&renewed, &orphans, &peers, &nextExp, &gone, &me, &dbDrain)
 	cancel()
 	if err == nil && me == 0 {
 		err = fmt.Errorf("%w: runner id %q is in use by another live process; this one takes no shards until that one stops heartbeating", ErrDuplicateRunner, s.cfg.RunnerID)
@@ -504,6 +508,14 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 		return err
 	}
 
+	if dbDrain && !draining {
+		// An operator asked for a drain (admin API, drain-runner).
+		s.log.Info().Msg("draining on request (runners.draining set): releasing every shard")
+		s.mu.Lock()
+		s.draining = true
+		s.mu.Unlock()
+		draining = true
+	}
 	ok := make(map[int]bool, len(renewed))
 	for _, sh := range renewed {
 		ok[int(sh)] = true

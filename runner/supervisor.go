@@ -92,6 +92,7 @@ type Supervisor struct {
 	touched   map[string]bool
 	work      chan struct{}
 	bg        sync.WaitGroup
+	status    *statusBook // per-bot session state for the admin page (admin_state.go)
 }
 
 type botRun struct {
@@ -139,6 +140,7 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 		cursors:  map[string]pendingCursor{},
 		touched:  map[string]bool{},
 		work:     make(chan struct{}, 1),
+		status:   newStatusBook(),
 	}
 	if cfg.Pool == nil {
 		return nil, errors.New("runner: SupervisorConfig.Pool is nil")
@@ -641,6 +643,7 @@ func (s *Supervisor) sessionConfig(b *botRun) sessions.Config {
 			go func() { defer s.bg.Done(); s.authFailed(b) }()
 		},
 		OnState: func(st sessions.State, cause string) {
+			s.status.record(b.id, b.lease, st, cause)
 			if st == sessions.StateLive {
 				log.Debug().Msg("session live")
 			} else if st == sessions.StateStopped {
@@ -683,6 +686,7 @@ func (s *Supervisor) cursorLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			s.flushCursors(ctx, nil)
+			s.flushStatus(ctx)
 		}
 	}
 }
@@ -804,6 +808,10 @@ func (s *Supervisor) onBotNotification(payload string) {
 	}
 	if ev.Op == "token" {
 		s.cfg.Tokens.Invalidate(ev.BotID)
+		return
+	}
+	if ev.Op == OpReconnect { // the admin API of another replica (admin.go)
+		s.Reconnect(ev.BotID)
 		return
 	}
 	if ev.Shard != nil {

@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 
 	"github.com/rs/zerolog"
@@ -18,6 +19,7 @@ type DialOptions struct {
 	Keys      codec.KeyProvider // payload keys; required: payloads are never stored in the clear
 	Logger    zerolog.Logger
 	Metrics   *Metrics
+	TLS       *tls.Config // nil: plaintext (the dev server); set for a TLS or mTLS frontend
 }
 
 // ClientOptions returns the SDK client options with the payload codec (and
@@ -34,12 +36,13 @@ func ClientOptions(o DialOptions) (client.Options, error) {
 	}
 	dc := codec.DataConverter(o.Keys)
 	return client.Options{
-		HostPort:         o.Address,
-		Namespace:        o.Namespace,
-		DataConverter:    dc,
-		FailureConverter: codec.FailureConverter(dc),
-		Logger:           NewLogger(o.Logger),
-		MetricsHandler:   o.Metrics.TemporalHandler(),
+		HostPort:          o.Address,
+		Namespace:         o.Namespace,
+		DataConverter:     dc,
+		FailureConverter:  codec.FailureConverter(dc),
+		Logger:            NewLogger(o.Logger),
+		MetricsHandler:    o.Metrics.TemporalHandler(),
+		ConnectionOptions: client.ConnectionOptions{TLS: o.TLS},
 	}, nil
 }
 

@@ -72,6 +72,7 @@ a flag given on the command line wins.`,
 		newServeCmd(g),
 		newWorkerCmd(g),
 		newCodecCmd(g),
+		newDevCmd(g),
 	)
 	return root
 }

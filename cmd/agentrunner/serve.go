@@ -5,24 +5,26 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	temporalclient "go.temporal.io/sdk/client"
 
 	"buko.app/agentrunner/runner"
 	"buko.app/agentrunner/sessions"
 	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
 )
 
 // Handoff implementations selectable with --handoff.
@@ -36,9 +38,14 @@ type serveFlags struct {
 	db                dbFlags
 	cipher            cipherFlags
 	buko              bukoFlags
+	temporal          temporalFlags
+	tuning            workerTuning
+	worker            bool
 	gatewayURL        string
 	runnerID          string
 	adminAddr         string
+	metricsAddr       string
+	adminTokenFile    string
 	handoff           string
 	leaseTTL          time.Duration
 	drainTimeout      time.Duration
@@ -68,10 +75,8 @@ func (f *serveFlags) check() error {
 		return fmt.Errorf("--handoff %q: want %s or %s", f.handoff, handoffPostgres, handoffTemporal)
 	case f.tokenCacheTTL < 0:
 		return fmt.Errorf("--token-cache-ttl %s: must not be negative", f.tokenCacheTTL)
-	case f.handoff == handoffTemporal:
-		return errors.New("--handoff temporal: the Temporal handoff is not wired into serve in this build; use --handoff postgres")
 	}
-	return nil
+	return f.tuning.check()
 }
 
 func newServeCmd(g *globals) *cobra.Command {
@@ -88,11 +93,18 @@ of any shard whose lease it could not renew in time (self-fencing).
 Bots added, paused, resumed or removed with "agentrunner bots" start or stop
 within a moment (LISTEN/NOTIFY), with a periodic full pass as a safety net.
 
+With --handoff temporal (the default) every update is signalled to its chat's
+workflow in Temporal, and --worker (the default) runs the Temporal worker in
+this process too (agentrunner worker is the standalone form). --handoff
+postgres writes the handoffs table instead (tests and benchmarks of the
+ownership layer) and runs no worker whatever --worker says.
+
 SIGTERM (or Ctrl-C) drains: no new shards, in-flight handoffs finish, final
 acks are sent, sockets close, leases are released and peers are told, so they
 take the bots over at once. A second signal, or --drain-timeout, ends it hard.
 
-The admin address serves /healthz, /readyz and /metrics.`,
+The admin address serves the status page, /api/v1/*, /healthz, /readyz and
+/metrics; --metrics-addr serves the last three again without auth.`,
 		Example: `  agentrunner serve --database-url postgres://localhost:5432/agentrunner?sslmode=disable \
     --buko-api-url http://127.0.0.1:8081 --admin-addr 127.0.0.1:8080`,
 		Args: cobra.NoArgs,
@@ -103,14 +115,26 @@ The admin address serves /healthz, /readyz and /metrics.`,
 			return runServe(cmd, g, f)
 		},
 	}
-	fs := cmd.Flags()
+	f.bind(cmd.Flags())
+	return cmd
+}
+
+// bind defines serve's flags on fs, each with its environment variable.
+func (f *serveFlags) bind(fs *pflag.FlagSet) {
 	f.db.bind(fs)
 	f.cipher.bind(fs)
 	f.buko.bind(fs)
-	fs.StringVar(&f.gatewayURL, "buko-gateway-url", "", "Bot Gateway WebSocket URL (default: derived from --buko-api-url, wss://…/bot/ws)")
+	f.temporal.bind(fs)
+	f.tuning.bind(fs)
+	fs.BoolVar(&f.worker, "worker", true, "run the Temporal worker (chat workflows, agents, replies) in this process")
+	fs.StringVar(&f.gatewayURL, "buko-gateway-url", "", "Bot Gateway WebSocket URL, ws:// or wss:// (default: derived from --buko-api-url, wss://…/bot/ws)")
 	fs.StringVar(&f.runnerID, "runner-id", defaultRunnerID(), "this replica's id, unique in the fleet (default hostname-pid)")
 	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:8080", "address of the admin HTTP endpoints (/healthz, /readyz, /metrics)")
-	fs.StringVar(&f.handoff, "handoff", handoffPostgres, "where updates are handed off: postgres (the handoffs table) or temporal")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "separate address for /healthz, /readyz and /metrics without auth (empty: on the admin address only)")
+	fs.StringVar(&f.adminTokenFile, "admin-token-file", "", "file holding the admin API bearer token (none: reads open, writes refused)")
+	envFlag(fs, "metrics-addr", "AGENTRUNNER_METRICS_ADDR")
+	envFlag(fs, "admin-token-file", "AGENTRUNNER_ADMIN_TOKEN_FILE")
+	fs.StringVar(&f.handoff, "handoff", handoffTemporal, "where updates are handed off: temporal (chat workflows) or postgres (the handoffs table; tests)")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", runner.DefaultLeaseTTL, "shard lease TTL; renewed every TTL/3; the same on every replica")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long a SIGTERM drain may take before sessions are closed hard")
 	fs.DurationVar(&f.reconcileInterval, "reconcile-interval", runner.DefaultReconcileInterval, "period of the full reconcile pass (notifications act at once)")
@@ -119,11 +143,11 @@ The admin address serves /healthz, /readyz and /metrics.`,
 	envFlag(fs, "runner-id", "AGENTRUNNER_RUNNER_ID")
 	envFlag(fs, "admin-addr", "AGENTRUNNER_ADMIN_ADDR")
 	envFlag(fs, "handoff", "AGENTRUNNER_HANDOFF")
+	envFlag(fs, "worker", "AGENTRUNNER_WORKER")
 	envFlag(fs, "lease-ttl", "AGENTRUNNER_LEASE_TTL")
 	envFlag(fs, "drain-timeout", "AGENTRUNNER_DRAIN_TIMEOUT")
 	envFlag(fs, "reconcile-interval", "AGENTRUNNER_RECONCILE_INTERVAL")
 	envFlag(fs, "token-cache-ttl", "AGENTRUNNER_TOKEN_CACHE_TTL")
-	return cmd
 }
 
 func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
@@ -138,8 +162,8 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 	if err != nil {
 		return err
 	}
-	if f.gatewayURL != "" && f.gatewayURL != client.GatewayURL() {
-		return usageError{fmt.Errorf("--buko-gateway-url %q: this build dials the Gateway at the URL derived from --buko-api-url (%s); a separate Gateway host is not supported yet", f.gatewayURL, client.GatewayURL())}
+	if client, err = client.WithGatewayURL(f.gatewayURL); err != nil {
+		return usageError{fmt.Errorf("--buko-gateway-url: %w", err)}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -161,10 +185,53 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 	store := vault.NewStore(pool, ci, log, vm)
 	tokens := vault.NewCache(store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "runner:" + f.runnerID})
 
+	adminToken := ""
+	if f.adminTokenFile != "" {
+		b, err := os.ReadFile(f.adminTokenFile)
+		if err != nil {
+			return usageError{fmt.Errorf("--admin-token-file: %w", err)}
+		}
+		if adminToken = strings.TrimSpace(string(b)); adminToken == "" {
+			return usageError{fmt.Errorf("--admin-token-file %s is empty", f.adminTokenFile)}
+		}
+	}
+	var ready []runner.ReadyCheck
+
 	var handoff sessions.Handoff
 	switch f.handoff {
 	case handoffPostgres:
 		handoff = runner.NewPGHandoff(pool, f.runnerID, metrics)
+	case handoffTemporal:
+		wm := workflows.NewMetrics(reg)
+		keys, err := f.temporal.loadKeys(ctx, workflows.KeyUnwrapper{Cipher: ci})
+		if err != nil {
+			return err
+		}
+		tc, err := f.temporal.dial(ctx, log, keys, wm)
+		if err != nil {
+			return err
+		}
+		defer tc.Close()
+		handoff = workflows.NewHandoff(tc, f.temporal.taskQueue).WithMetrics(wm)
+		ready = append(ready, runner.ReadyCheck{Name: "temporal", Check: func(ctx context.Context) error {
+			_, err := tc.CheckHealth(ctx, &temporalclient.CheckHealthRequest{})
+			return err
+		}})
+		if f.worker {
+			w, err := f.tuning.newChatWorker(chatWorkerDeps{
+				temporal: tc, taskQueue: f.temporal.taskQueue, pool: pool, cipher: ci,
+				tokens: tokens, api: client, log: log, metrics: wm,
+			})
+			if err != nil {
+				return usageError{err}
+			}
+			if err := w.Start(); err != nil {
+				return fmt.Errorf("temporal worker: %w", err)
+			}
+			// Stopped after the drain (deferred calls run last in, first
+			// out): replies to updates handed off during the drain still go out.
+			defer w.Stop()
+		}
 	}
 
 	ln, err := net.Listen("tcp", f.adminAddr)
@@ -188,14 +255,33 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 		return usageError{err}
 	}
 
-	admin := &http.Server{Handler: adminMux(reg, sup), ReadHeaderTimeout: 10 * time.Second}
-	adminErr := make(chan error, 1)
+	adm := runner.NewAdmin(runner.AdminConfig{
+		Pool: pool, Supervisor: sup, Gatherer: reg, Token: adminToken, Ready: ready, RunnerID: f.runnerID,
+		Registry: runner.NewRegistry(runner.RegistryConfig{Pool: pool, Store: store, Buko: client, Logger: log}),
+		Logger:   log,
+	})
+	admin := &http.Server{Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	adminErr := make(chan error, 2)
 	go func() { adminErr <- admin.Serve(ln) }()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = admin.Shutdown(sctx)
 	}()
+	if f.metricsAddr != "" {
+		mln, err := net.Listen("tcp", f.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener on %s: %w", f.metricsAddr, err)
+		}
+		ops := &http.Server{Handler: adm.OpsHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { adminErr <- ops.Serve(mln) }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = ops.Shutdown(sctx)
+		}()
+		log.Info().Str("metrics_addr", "http://"+mln.Addr().String()).Msg("health and metrics listening")
+	}
 
 	// The supervisor outlives the first signal: it keeps renewing leases
 	// while the drain runs.
@@ -204,7 +290,8 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 	runDone := make(chan error, 1)
 	go func() { runDone <- sup.Run(runCtx) }()
 	log.Info().Str("admin_addr", "http://"+adminAddr).Str("buko", client.BaseURL()).
-		Dur("lease_ttl", f.leaseTTL).Str("handoff", f.handoff).Msg("runner serving")
+		Dur("lease_ttl", f.leaseTTL).Str("handoff", f.handoff).Bool("worker", f.worker && f.handoff == handoffTemporal).
+		Str("temporal", f.temporal.address).Msg("runner serving")
 
 	signals := 0
 	select {
@@ -247,24 +334,4 @@ wait:
 	}
 	log.Info().Dur("took", time.Since(start)).Msg("drained; leases released")
 	return runErr
-}
-
-// adminMux serves the admin endpoints; the full admin API comes later.
-func adminMux(reg *prometheus.Registry, sup *runner.Supervisor) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !sup.Ready() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready: no recent heartbeat, or draining\n"))
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	return mux
 }

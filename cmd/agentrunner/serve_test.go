@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -39,7 +41,10 @@ func TestServeRejectsBadSettings(t *testing.T) {
 		{"drain", []string{"serve", "--drain-timeout", "0s"}, nil, "--drain-timeout"},
 		{"runner id", []string{"serve", "--runner-id", ""}, nil, "--runner-id"},
 		{"reconcile", []string{"serve", "--reconcile-interval", "1ms"}, nil, "--reconcile-interval"},
-		{"temporal not wired", []string{"serve", "--handoff", "temporal"}, nil, "temporal"},
+		{"activities", []string{"serve", "--max-concurrent-activities", "0"}, nil, "--max-concurrent-activities"},
+		{"gateway url", []string{"serve", "--buko-gateway-url", "http://127.0.0.1:1/bot/ws"}, nil, "--buko-gateway-url"},
+		{"gateway url from env", []string{"serve"}, map[string]string{"BUKO_GATEWAY_URL": "ftp://x"}, "--buko-gateway-url"},
+		{"worker env", []string{"serve"}, map[string]string{"AGENTRUNNER_WORKER": "maybe"}, "AGENTRUNNER_WORKER"},
 		{"buko url", []string{"serve", "--buko-api-url", "ftp://x"}, nil, "--buko-api-url"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -64,6 +69,8 @@ func TestServeFlagsHaveEnvironmentVariables(t *testing.T) {
 		"drain-timeout": "AGENTRUNNER_DRAIN_TIMEOUT", "admin-addr": "AGENTRUNNER_ADMIN_ADDR",
 		"cipher": "AGENTRUNNER_CIPHER", "keyring": "AGENTRUNNER_KEYRING", "vault-addr": "VAULT_ADDR",
 		"transit-mount": "AGENTRUNNER_TRANSIT_MOUNT", "transit-key": "AGENTRUNNER_TRANSIT_KEY",
+		"handoff": "AGENTRUNNER_HANDOFF", "worker": "AGENTRUNNER_WORKER", "temporal-address": "TEMPORAL_ADDRESS",
+		"temporal-task-queue": "TEMPORAL_TASK_QUEUE", "payload-keys": "AGENTRUNNER_PAYLOAD_KEYS",
 	} {
 		fl := cmd.Flags().Lookup(flag)
 		if fl == nil {
@@ -79,6 +86,12 @@ func TestServeFlagsHaveEnvironmentVariables(t *testing.T) {
 	}
 	if def := cmd.Flags().Lookup("drain-timeout").DefValue; def != "30s" {
 		t.Errorf("--drain-timeout default %s, want 30s", def)
+	}
+	if def := cmd.Flags().Lookup("handoff").DefValue; def != handoffTemporal {
+		t.Errorf("--handoff default %s, want temporal", def)
+	}
+	if def := cmd.Flags().Lookup("worker").DefValue; def != "true" {
+		t.Errorf("--worker default %s, want true", def)
 	}
 }
 
@@ -108,7 +121,8 @@ func TestServeInProcess(t *testing.T) {
 		done <- serveRoot(ctx, []string{"serve", "--log-format", "json",
 			"--database-url", env.DSN, "--buko-api-url", env.SimURL,
 			"--cipher", "local", "--keyring", env.Keyring,
-			"--runner-id", "inproc", "--admin-addr", admin, "--lease-ttl", "3s"}, out)
+			"--runner-id", "inproc", "--admin-addr", admin, "--lease-ttl", "3s",
+			"--handoff", "postgres"}, out)
 	}()
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + admin + path)
@@ -180,4 +194,89 @@ func (l *serveLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
+}
+
+// TestServeTemporalEndToEnd runs serve with its defaults, the Temporal
+// handoff and the in-process worker, against the simulator, a test database
+// and the Temporal dev server: a user's message gets the echo bot's reply in
+// the simulator's transcript. The Gateway URL is given explicitly
+// (BUKO_GATEWAY_URL), as for a separate Gateway host.
+func TestServeTemporalEndToEnd(t *testing.T) {
+	addr := needTemporal(t)
+	env := runnertest.NewEnv(t, runnertest.EnvOptions{})
+	bots := env.AddBots(t, 1, "serve_tmprl")
+	keys := filepath.Join(t.TempDir(), "payload-keys.json")
+	if err := serveRoot(context.Background(), []string{"codec", "new-key", "--raw", "--id", "k1", "--payload-keys", keys, "--log-format", "json"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BUKO_GATEWAY_URL", "ws"+strings.TrimPrefix(env.SimURL, "http")+"/bot/ws")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	out := &serveLog{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("serve output:\n%s", out.String())
+		}
+	})
+	go func() {
+		done <- serveRoot(ctx, []string{"serve", "--log-format", "json",
+			"--database-url", env.DSN, "--buko-api-url", env.SimURL,
+			"--cipher", "local", "--keyring", env.Keyring,
+			"--runner-id", "tmprl", "--admin-addr", "127.0.0.1:0", "--lease-ttl", "3s",
+			"--temporal-address", addr, "--temporal-task-queue", fmt.Sprintf("serve-e2e-%d", time.Now().UnixNano()),
+			"--payload-keys", keys}, out)
+	}()
+
+	waitFor(t, done, 90*time.Second, "the bot to go live", func() bool {
+		live, _ := env.Live(t, runnertest.IDs(bots))
+		return live == 1
+	})
+	start := time.Now()
+	env.Send(t, bots[0], "hello through temporal")
+	waitFor(t, done, 90*time.Second, "the echo reply", func() bool {
+		var msgs []struct {
+			FromKind string `json:"from_kind"`
+			FromID   string `json:"from_id"`
+			Text     string `json:"text"`
+		}
+		env.Call(t, "GET", "/sim/chats/"+bots[0].ChatID+"/messages", nil, &msgs)
+		for _, m := range msgs {
+			if m.FromKind == "bot" && m.FromID == bots[0].ID && m.Text == "hello through temporal" {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("echo reply after %s", time.Since(start).Round(time.Millisecond))
+	if strings.Contains(out.String(), "hello through temporal") {
+		t.Error("the user's text is in serve's log")
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve after drain: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("serve did not drain")
+	}
+}
+
+// waitFor polls cond until it holds, failing after d or if serve returns.
+func waitFor(t *testing.T, done <-chan error, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve returned while waiting for %s: %v", what, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

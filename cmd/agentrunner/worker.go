@@ -2,11 +2,10 @@ package main
 
 // agentrunner worker: the Temporal worker alone (ChatWorkflow, the agent and
 // Bot API activities), and the settings serve shares with it: the Temporal
-// flags, the payload keys, the bot directory on the bots table.
+// flags, the payload keys, the worker's tuning and how it is built.
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -16,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -26,6 +24,8 @@ import (
 	"github.com/spf13/pflag"
 	"go.temporal.io/sdk/client"
 
+	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/runner"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows"
 	"buko.app/agentrunner/workflows/codec"
@@ -36,6 +36,7 @@ import (
 type temporalFlags struct {
 	address, namespace, taskQueue string
 	keysFile                      string
+	tls                           temporalTLSFlags
 }
 
 func (t *temporalFlags) bind(fs *pflag.FlagSet) {
@@ -47,6 +48,7 @@ func (t *temporalFlags) bind(fs *pflag.FlagSet) {
 	envFlag(fs, "temporal-namespace", "TEMPORAL_NAMESPACE")
 	envFlag(fs, "temporal-task-queue", "TEMPORAL_TASK_QUEUE")
 	envFlag(fs, "payload-keys", "AGENTRUNNER_PAYLOAD_KEYS")
+	t.tls.bind(fs)
 }
 
 // defaultPayloadKeysPath is $XDG_DATA_HOME/agentrunner/payload-keys.json.
@@ -106,9 +108,14 @@ func (t *temporalFlags) loadKeys(ctx context.Context, u codec.Unwrapper) (*codec
 
 // dial connects to Temporal with the payload codec.
 func (t *temporalFlags) dial(ctx context.Context, log zerolog.Logger, keys codec.KeyProvider, m *workflows.Metrics) (client.Client, error) {
+	tlsConf, err := t.tls.config()
+	if err != nil {
+		return nil, usageError{err}
+	}
 	c, err := workflows.Dial(ctx, workflows.DialOptions{
 		Address: t.address, Namespace: t.namespace, Keys: keys,
 		Logger: log.With().Str("component", "temporal").Logger(), Metrics: m,
+		TLS: tlsConf,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w (set --temporal-address or TEMPORAL_ADDRESS)", err)
@@ -116,76 +123,78 @@ func (t *temporalFlags) dial(ctx context.Context, log zerolog.Logger, keys codec
 	return c, nil
 }
 
-// pgBots is the workflows.BotDirectory on the bots table, with a short cache
-// so an activity does not cost a query.
-type pgBots struct {
-	pool *pgxpool.Pool
-	ttl  time.Duration
-	mu   sync.Mutex
-	seen map[string]cachedBot
+// workerTuning are the worker settings serve shares with worker.
+type workerTuning struct {
+	maxActivities     int
+	perBotConcurrency int
+	botCacheTTL       time.Duration
 }
 
-type cachedBot struct {
-	spec workflows.BotSpec
-	at   time.Time
+func (w *workerTuning) bind(fs *pflag.FlagSet) {
+	fs.IntVar(&w.maxActivities, "max-concurrent-activities", 64, "activity slots of this worker")
+	fs.IntVar(&w.perBotConcurrency, "per-bot-concurrency", 0, "activities of one bot running at once (fairness); 0: a quarter of the slots")
+	fs.DurationVar(&w.botCacheTTL, "bot-cache-ttl", runner.DefaultBotCacheTTL, "how long a bot's agent settings are cached")
+	envFlag(fs, "max-concurrent-activities", "AGENTRUNNER_MAX_CONCURRENT_ACTIVITIES")
+	envFlag(fs, "per-bot-concurrency", "AGENTRUNNER_PER_BOT_CONCURRENCY")
+	envFlag(fs, "bot-cache-ttl", "AGENTRUNNER_BOT_CACHE_TTL")
 }
 
-func newPGBots(pool *pgxpool.Pool, ttl time.Duration) *pgBots {
-	return &pgBots{pool: pool, ttl: ttl, seen: map[string]cachedBot{}}
+func (w *workerTuning) check() error {
+	switch {
+	case w.maxActivities < 1:
+		return fmt.Errorf("--max-concurrent-activities %d: want at least 1", w.maxActivities)
+	case w.perBotConcurrency < 0:
+		return fmt.Errorf("--per-bot-concurrency %d: must not be negative (0: a quarter of the activity slots)", w.perBotConcurrency)
+	case w.botCacheTTL < 0:
+		return errors.New("--bot-cache-ttl must not be negative")
+	}
+	return nil
 }
 
-// Bot implements workflows.BotDirectory. A disabled or missing bot is
-// workflows.ErrBotNotFound (its activities stop retrying).
-func (b *pgBots) Bot(ctx context.Context, botID string) (workflows.BotSpec, error) {
-	b.mu.Lock()
-	c, ok := b.seen[botID]
-	b.mu.Unlock()
-	if ok && time.Since(c.at) < b.ttl {
-		return c.spec, nil
-	}
-	var (
-		s      workflows.BotSpec
-		cfg    []byte
-		status string
-	)
-	err := b.pool.QueryRow(ctx, `SELECT id, handle, display_name, agent, agent_config, quota_tier, status FROM bots WHERE id = $1`, botID).
-		Scan(&s.ID, &s.Handle, &s.DisplayName, &s.Agent, &cfg, &s.Tier, &status)
-	if errors.Is(err, pgx.ErrNoRows) || (err == nil && status == "disabled") {
-		return workflows.BotSpec{}, fmt.Errorf("bot %s: %w", botID, workflows.ErrBotNotFound)
-	}
-	if err != nil {
-		return workflows.BotSpec{}, fmt.Errorf("read bot %s: %w", botID, err)
-	}
-	s.AgentConfig = json.RawMessage(cfg)
-	b.mu.Lock()
-	b.seen[botID] = cachedBot{spec: s, at: time.Now()}
-	b.mu.Unlock()
-	return s, nil
+// chatWorkerDeps are what a chat worker runs on.
+type chatWorkerDeps struct {
+	temporal  client.Client
+	taskQueue string
+	pool      *pgxpool.Pool
+	cipher    vault.Cipher
+	tokens    workflows.Tokens
+	api       *buko.Client
+	log       zerolog.Logger
+	metrics   *workflows.Metrics
+}
+
+// newChatWorker builds the Temporal worker of the chat workflows (not yet
+// started); worker and serve both use it.
+func (w *workerTuning) newChatWorker(d chatWorkerDeps) (*workflows.Worker, error) {
+	return workflows.NewWorker(d.temporal, workflows.WorkerOptions{
+		TaskQueue:               d.taskQueue,
+		Bots:                    runner.NewDirectory(d.pool, w.botCacheTTL),
+		Tokens:                  d.tokens,
+		API:                     d.api,
+		Secrets:                 workflows.VaultSecrets{Cipher: d.cipher},
+		MaxConcurrentActivities: w.maxActivities,
+		PerBotConcurrency:       w.perBotConcurrency,
+		Logger:                  d.log.With().Str("component", "worker").Logger(),
+		Metrics:                 d.metrics,
+	})
 }
 
 // workerFlags are the settings of agentrunner worker.
 type workerFlags struct {
-	db                dbFlags
-	cipher            cipherFlags
-	buko              bukoFlags
-	temporal          temporalFlags
-	adminAddr         string
-	maxActivities     int
-	perBotConcurrency int
-	tokenCacheTTL     time.Duration
-	botCacheTTL       time.Duration
+	db            dbFlags
+	cipher        cipherFlags
+	buko          bukoFlags
+	temporal      temporalFlags
+	tuning        workerTuning
+	adminAddr     string
+	tokenCacheTTL time.Duration
 }
 
 func (f *workerFlags) check() error {
-	switch {
-	case f.maxActivities < 1:
-		return fmt.Errorf("--max-concurrent-activities %d: want at least 1", f.maxActivities)
-	case f.perBotConcurrency < 0:
-		return fmt.Errorf("--per-bot-concurrency %d: must not be negative (0: a quarter of the activity slots)", f.perBotConcurrency)
-	case f.tokenCacheTTL < 0 || f.botCacheTTL < 0:
-		return errors.New("cache TTLs must not be negative")
+	if f.tokenCacheTTL < 0 {
+		return errors.New("--token-cache-ttl must not be negative")
 	}
-	return nil
+	return f.tuning.check()
 }
 
 func newWorkerCmd(g *globals) *cobra.Command {
@@ -216,15 +225,10 @@ The admin address serves /healthz and /metrics.`,
 	f.buko.bind(fs)
 	f.temporal.bind(fs)
 	fs.StringVar(&f.adminAddr, "admin-addr", "127.0.0.1:8080", "address of /healthz and /metrics (empty: none)")
-	fs.IntVar(&f.maxActivities, "max-concurrent-activities", 64, "activity slots of this worker")
-	fs.IntVar(&f.perBotConcurrency, "per-bot-concurrency", 0, "activities of one bot running at once (fairness); 0: a quarter of the slots")
+	f.tuning.bind(fs)
 	fs.DurationVar(&f.tokenCacheTTL, "token-cache-ttl", vault.DefaultCacheTTL, "how long decrypted tokens stay in memory")
-	fs.DurationVar(&f.botCacheTTL, "bot-cache-ttl", 10*time.Second, "how long a bot's agent settings are cached")
 	envFlag(fs, "admin-addr", "AGENTRUNNER_ADMIN_ADDR")
-	envFlag(fs, "max-concurrent-activities", "AGENTRUNNER_MAX_CONCURRENT_ACTIVITIES")
-	envFlag(fs, "per-bot-concurrency", "AGENTRUNNER_PER_BOT_CONCURRENCY")
 	envFlag(fs, "token-cache-ttl", "AGENTRUNNER_TOKEN_CACHE_TTL")
-	envFlag(fs, "bot-cache-ttl", "AGENTRUNNER_BOT_CACHE_TTL")
 	return cmd
 }
 
@@ -260,16 +264,10 @@ func runWorker(ctx context.Context, log zerolog.Logger, f *workerFlags) error {
 	defer tc.Close()
 
 	store := vault.NewStore(pool, ci, log, vm)
-	w, err := workflows.NewWorker(tc, workflows.WorkerOptions{
-		TaskQueue:               f.temporal.taskQueue,
-		Bots:                    newPGBots(pool, f.botCacheTTL),
-		Tokens:                  vault.NewCache(store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "worker"}),
-		API:                     api,
-		Secrets:                 workflows.VaultSecrets{Cipher: ci},
-		MaxConcurrentActivities: f.maxActivities,
-		PerBotConcurrency:       f.perBotConcurrency,
-		Logger:                  log.With().Str("component", "worker").Logger(),
-		Metrics:                 wm,
+	w, err := f.tuning.newChatWorker(chatWorkerDeps{
+		temporal: tc, taskQueue: f.temporal.taskQueue, pool: pool, cipher: ci,
+		tokens: vault.NewCache(store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "worker"}),
+		api:    api, log: log, metrics: wm,
 	})
 	if err != nil {
 		return err

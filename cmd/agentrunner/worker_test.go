@@ -36,34 +36,6 @@ func needTemporal(t *testing.T) string {
 	return addr
 }
 
-func TestPGBotDirectory(t *testing.T) {
-	f := newCLIFix(t)
-	id, tok := f.simBot(t, map[string]any{"handle": "dir_bot", "display_name": "Dir", "tier": "pro"})
-	cfg := filepath.Join(t.TempDir(), "agent.json")
-	if err := os.WriteFile(cfg, []byte(`{"url":"http://127.0.0.1:9/a","secret":"env:X"}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f.mustRun(t, tok+"\n", append([]string{"bots", "add", "--handle", "dir_bot", "--agent", "http", "--agent-config", cfg}, f.full()...)...)
-	d := newPGBots(f.pool, time.Minute)
-	ctx := context.Background()
-	spec, err := d.Bot(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if spec.ID != id || spec.Handle != "dir_bot" || spec.Agent != "http" || !strings.Contains(string(spec.AgentConfig), `"url"`) {
-		t.Errorf("spec %+v", spec)
-	}
-	if _, err := d.Bot(ctx, "bot_missing"); !errors.Is(err, workflows.ErrBotNotFound) {
-		t.Errorf("missing bot: %v", err)
-	}
-	if _, err := f.pool.Exec(ctx, `UPDATE bots SET status = 'disabled' WHERE id = $1`, id); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := newPGBots(f.pool, time.Minute).Bot(ctx, id); !errors.Is(err, workflows.ErrBotNotFound) {
-		t.Errorf("disabled bot: %v", err)
-	}
-}
-
 func TestCodecCommandsRejectBadUse(t *testing.T) {
 	f := newCLIFix(t)
 	keys := filepath.Join(t.TempDir(), "payload-keys.json")

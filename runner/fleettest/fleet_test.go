@@ -117,6 +117,7 @@ func (f *fleet) start(id, dsn string, extraEnv ...string) *replica {
 		"AGENTRUNNER_ADMIN_ADDR=127.0.0.1:0",
 		"AGENTRUNNER_LEASE_TTL="+f.ttl.String(),
 		"AGENTRUNNER_DRAIN_TIMEOUT=20s",
+		"AGENTRUNNER_HANDOFF=postgres", // these tests count rows of the handoffs table
 		"AGENTRUNNER_RECONCILE_INTERVAL=5s",
 		"AGENTRUNNER_LOG_FORMAT=json",
 	)

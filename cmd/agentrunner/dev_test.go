@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"buko.app/agentrunner/migrations/pgtest"
+)
+
+// testFreeAddr returns a free 127.0.0.1 address.
+func testFreeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// lockedBuf is an io.Writer several goroutines may write.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestDevEndToEnd builds the binary and runs `agentrunner dev` as a child
+// process on a fresh database, a temp data folder and free ports: the seeded
+// echo bot answers a message posted through the simulator's control API, the
+// http bot answers through the example agent, and SIGINT stops the process
+// and its Temporal child within a deadline.
+func TestDevEndToEnd(t *testing.T) {
+	bin := os.Getenv("AGENTRUNNER_TEMPORAL_BIN")
+	if bin == "" {
+		if p, err := exec.LookPath("temporal"); err == nil {
+			bin = p
+		}
+	}
+	if bin == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no Temporal CLI: set AGENTRUNNER_TEMPORAL_BIN (CI=true)")
+		}
+		t.Skip("SKIPPING: no Temporal CLI (run `make services` and source ~/.cache/agentrunner/run/services.env)")
+	}
+	dsn := pgtest.NewEmpty(t)
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "agentrunner")
+	build := exec.Command("go", "build", "-o", exe, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	simAddr, adminAddr := testFreeAddr(t), testFreeAddr(t)
+	cmd := exec.Command(exe, "dev", "--temporal-port", "0")
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "AGENTRUNNER_") || strings.HasPrefix(k, "VAULT_") || strings.HasPrefix(k, "TEMPORAL_") ||
+			strings.HasPrefix(k, "BUKO_") || k == "DATABASE_URL" || k == "XDG_DATA_HOME" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	cmd.Env = append(env,
+		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
+		"DATABASE_URL="+dsn,
+		"AGENTRUNNER_TEMPORAL_BIN="+bin,
+		"AGENTRUNNER_SIM_ADDR="+simAddr,
+		"AGENTRUNNER_ADMIN_ADDR="+adminAddr,
+		"AGENTRUNNER_LOG_FORMAT=json",
+	)
+	out := &lockedBuf{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("dev output:\n%s", out.String())
+		}
+	})
+
+	// The banner names the seeded chats.
+	chatRE := regexp.MustCompile(`bot @(\w+) \((\w+)\): bot_id (\S+), chat (\S+)`)
+	var chats map[string][2]string // handle → bot id, chat id
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if m := chatRE.FindAllStringSubmatch(out.String(), -1); len(m) == 2 {
+			chats = map[string][2]string{}
+			for _, x := range m {
+				chats[x[1]] = [2]string{x[3], x[4]}
+			}
+			break
+		}
+		select {
+		case err := <-exited:
+			stopped = true
+			t.Fatalf("dev exited early: %v", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no banner within 3 minutes")
+		}
+	}
+	m := regexp.MustCompile(`Temporal:\s+127\.0\.0\.1:(\d+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatal("the banner names no Temporal address")
+	}
+	temporalPort, _ := strconv.Atoi(m[1])
+
+	sim := "http://" + simAddr
+	post := func(path string, in, res any) error {
+		b, _ := json.Marshal(in)
+		resp, err := http.Post(sim+path, "application/json", bytes.NewReader(b))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("%s: %s", path, resp.Status)
+		}
+		if res != nil {
+			return json.NewDecoder(resp.Body).Decode(res)
+		}
+		return nil
+	}
+	var user struct {
+		UserID string `json:"user_id"`
+	}
+	if err := post("/sim/users", map[string]any{"display_name": "Tester"}, &user); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for handle, want := range map[string]string{devEchoHandle: "hello dev", devHTTPHandle: "The example agent got 2 word(s)"} {
+		ids := chats[handle]
+		var chat struct {
+			ChatID string `json:"chat_id"`
+		}
+		if err := post("/sim/chats/private", map[string]any{"user_id": user.UserID, "bot_id": ids[0]}, &chat); err != nil {
+			t.Fatal(err)
+		}
+		if err := post("/sim/chats/"+chat.ChatID+"/messages", map[string]any{"user_id": user.UserID, "text": "hello dev"}, nil); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			var msgs []struct {
+				FromKind string `json:"from_kind"`
+				Text     string `json:"text"`
+			}
+			resp, err := http.Get(sim + "/sim/chats/" + chat.ChatID + "/messages")
+			if err == nil {
+				_ = json.NewDecoder(resp.Body).Decode(&msgs)
+				resp.Body.Close()
+			}
+			found := false
+			for _, m := range msgs {
+				found = found || (m.FromKind == "bot" && strings.HasPrefix(m.Text, want))
+			}
+			if found {
+				t.Logf("@%s answered after %s", handle, time.Since(start).Round(time.Millisecond))
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("@%s: no reply starting %q; transcript %+v", handle, want, msgs)
+			}
+			select {
+			case err := <-exited:
+				stopped = true
+				t.Fatalf("dev exited: %v", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+
+	// SIGINT stops everything, the Temporal child included.
+	stopAt := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		stopped = true
+		if err != nil {
+			t.Fatalf("dev after SIGINT: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("dev did not stop within 60s of SIGINT")
+	}
+	t.Logf("dev stopped %s after SIGINT", time.Since(stopAt).Round(time.Millisecond))
+	for _, addr := range []string{simAddr, adminAddr, net.JoinHostPort("127.0.0.1", strconv.Itoa(temporalPort))} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still answers after dev stopped", addr)
+		}
+	}
+	if b, err := exec.Command("pgrep", "-f", filepath.Join(dir, "data")).Output(); err == nil && len(bytes.TrimSpace(b)) > 0 {
+		t.Errorf("processes left behind using the data folder: %s", b)
+	}
+}

@@ -1,0 +1,506 @@
+package runner
+
+// The admin HTTP server: health, readiness and metrics for the platform, a
+// bearer-token JSON API for operators (bots, runners, shards; pause, resume,
+// reconnect, drain) and the server-rendered status page (admin_page.go).
+// See docs/admin.md. No response ever carries a bot token or the admin token.
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"buko.app/agentrunner/vault"
+)
+
+// OpReconnect is the op of a NOTIFY on BotsChannel asking the owner of a bot
+// to reconnect its session (sent by the admin API of any replica).
+const OpReconnect = "reconnect"
+
+// Audit actions of the admin API (pause and resume use the registry's).
+const (
+	ActionBotReconnect = "bot.reconnect"
+	ActionRunnerDrain  = "runner.drain"
+)
+
+// adminCookie holds an HMAC of the admin token for the status page (HttpOnly, SameSite=Strict).
+const adminCookie = "agentrunner_admin"
+
+// ReadyCheck is one dependency /readyz checks (Temporal, Vault, ...).
+type ReadyCheck struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// AdminConfig configures the admin server.
+type AdminConfig struct {
+	Pool       *pgxpool.Pool
+	Registry   *Registry
+	Supervisor *Supervisor // nil: no local sessions (the page shows the database's view)
+	Gatherer   prometheus.Gatherer
+	// Token is the admin bearer token. Set: /api/* and the page require it.
+	// Empty: reads are open (dev) and every write is refused with 403.
+	Token    string
+	Ready    []ReadyCheck
+	RunnerID string
+	Logger   zerolog.Logger
+}
+
+// Admin serves the admin endpoints.
+type Admin struct {
+	cfg AdminConfig
+	log zerolog.Logger
+}
+
+// NewAdmin returns the admin server.
+func NewAdmin(cfg AdminConfig) *Admin {
+	if cfg.RunnerID == "" && cfg.Supervisor != nil {
+		cfg.RunnerID = cfg.Supervisor.RunnerID()
+	}
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.NewRegistry()
+	}
+	return &Admin{cfg: cfg, log: cfg.Logger.With().Str("component", "admin").Logger()}
+}
+
+// Handler serves the status page, /api/v1/* and /healthz, /readyz, /metrics.
+func (a *Admin) Handler() http.Handler {
+	mux := http.NewServeMux()
+	a.ops(mux)
+	mux.HandleFunc("GET /api/v1/bots", a.api(a.listBots))
+	mux.HandleFunc("GET /api/v1/bots/{id}", a.api(a.getBot))
+	mux.HandleFunc("GET /api/v1/runners", a.api(a.listRunners))
+	mux.HandleFunc("GET /api/v1/shards", a.api(a.listShards))
+	mux.HandleFunc("POST /api/v1/bots/{id}/pause", a.write(a.pause))
+	mux.HandleFunc("POST /api/v1/bots/{id}/resume", a.write(a.resume))
+	mux.HandleFunc("POST /api/v1/bots/{id}/reconnect", a.write(a.reconnect))
+	mux.HandleFunc("POST /api/v1/runners/{id}/drain", a.write(a.drain))
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			r2 := r.Clone(r.Context())
+			r2.Method = m
+			if _, pat := mux.Handler(r2); pat != "/api/" && pat != "" {
+				w.Header().Set("Allow", m)
+				writeErr(w, http.StatusMethodNotAllowed, "method not allowed: use "+m)
+				return
+			}
+		}
+		writeErr(w, http.StatusNotFound, "no such endpoint: see docs/admin.md")
+	})
+	a.pages(mux)
+	return secureHeaders(mux)
+}
+
+// OpsHandler serves /healthz, /readyz and /metrics only, without auth.
+func (a *Admin) OpsHandler() http.Handler {
+	mux := http.NewServeMux()
+	a.ops(mux)
+	return secureHeaders(mux)
+}
+
+func (a *Admin) ops(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "runner_id": a.cfg.RunnerID})
+	})
+	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Gatherer, promhttp.HandlerOpts{}))
+}
+
+func secureHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Cache-Control", "no-store")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'")
+		h.ServeHTTP(w, r)
+	})
+}
+
+// readyz: Postgres answers, every ReadyCheck passes, the leases are renewing.
+func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
+	checks := map[string]string{}
+	ready := true
+	check := func(name string, err error) {
+		if err != nil {
+			ready = false
+			checks[name] = err.Error()
+			return
+		}
+		checks[name] = "ok"
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if a.cfg.Pool != nil {
+		check("postgres", a.cfg.Pool.Ping(ctx))
+	}
+	for _, c := range a.cfg.Ready {
+		if c.Check != nil {
+			check(c.Name, c.Check(ctx))
+		}
+	}
+	if a.cfg.Supervisor != nil {
+		var err error
+		if !a.cfg.Supervisor.Ready() {
+			err = errors.New("leases not renewing (last heartbeat failed) or draining")
+		}
+		check("leases", err)
+	}
+	code := http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
+}
+
+// ---- auth ----
+
+func (a *Admin) tokenOK(got string) bool {
+	return a.cfg.Token != "" && got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(a.cfg.Token)) == 1
+}
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+// authed: no token configured (reads open), or the bearer header or the
+// page's cookie holds it.
+func (a *Admin) authed(r *http.Request) bool {
+	if a.cfg.Token == "" {
+		return true
+	}
+	if a.tokenOK(bearer(r)) {
+		return true
+	}
+	c, err := r.Cookie(adminCookie)
+	return err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(a.cookieValue())) == 1
+}
+
+// cookieValue is what the page's cookie holds: an HMAC of the admin token,
+// so the token itself never travels back in a response.
+func (a *Admin) cookieValue() string {
+	m := hmac.New(sha256.New, []byte(a.cfg.Token))
+	m.Write([]byte("agentrunner admin page cookie v1"))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+type apiFunc func(w http.ResponseWriter, r *http.Request) (any, error)
+
+// apiError is an error with an HTTP status and a message safe to show.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errf(status int, format string, args ...any) error {
+	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+func (a *Admin) api(f apiFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.authed(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="agentrunner"`)
+			writeErr(w, http.StatusUnauthorized, "authentication required: send Authorization: Bearer <admin token>")
+			return
+		}
+		a.serve(w, r, f, http.StatusOK)
+	}
+}
+
+// write guards an action: refused unless a token is configured and sent as
+// a bearer header (never a cookie: no cross-site writes).
+func (a *Admin) write(f apiFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if a.cfg.Token == "" {
+			writeErr(w, http.StatusForbidden, "admin writes are disabled: no admin token is configured on this replica")
+			return
+		}
+		if !a.tokenOK(bearer(r)) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="agentrunner"`)
+			writeErr(w, http.StatusUnauthorized, "authentication required: send Authorization: Bearer <admin token>")
+			return
+		}
+		a.serve(w, r, f, http.StatusOK)
+	}
+}
+
+func (a *Admin) serve(w http.ResponseWriter, r *http.Request, f apiFunc, code int) {
+	out, err := f(w, r)
+	if err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			writeErr(w, ae.status, ae.msg)
+			return
+		}
+		a.log.Warn().Err(err).Str("path", r.URL.Path).Msg("admin request failed")
+		writeErr(w, http.StatusInternalServerError, "internal error (see the replica's log)")
+		return
+	}
+	if acc, ok := out.(accepted); ok {
+		writeJSON(w, http.StatusAccepted, acc.body)
+		return
+	}
+	writeJSON(w, code, out)
+}
+
+// accepted wraps a 202 answer.
+type accepted struct{ body any }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// ---- input ----
+
+// botIDParam validates the {id} path value; it is never echoed back.
+func pathID(r *http.Request, what string) (string, error) {
+	id := r.PathValue("id")
+	if id == "" || len(id) > 200 || strings.IndexFunc(id, func(c rune) bool { return unicode.IsControl(c) || unicode.IsSpace(c) }) >= 0 {
+		return "", errf(http.StatusBadRequest, "invalid %s id: want 1 to 200 printable characters without spaces", what)
+	}
+	return id, nil
+}
+
+// actionBody is the optional body of an action.
+type actionBody struct {
+	Reason string `json:"reason"`
+}
+
+func readAction(r *http.Request) (actionBody, error) {
+	var b actionBody
+	data, err := io.ReadAll(io.LimitReader(r.Body, 4097))
+	if err != nil {
+		return b, errf(http.StatusBadRequest, "cannot read the request body")
+	}
+	if len(data) > 4096 {
+		return b, errf(http.StatusRequestEntityTooLarge, "request body too large (at most 4096 bytes)")
+	}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return b, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return b, errf(http.StatusBadRequest, "bad request body: want a JSON object like {\"reason\": \"...\"} (%s)", jsonProblem(err))
+	}
+	if dec.More() {
+		return b, errf(http.StatusBadRequest, "bad request body: one JSON object expected")
+	}
+	if len(b.Reason) > 500 {
+		return b, errf(http.StatusBadRequest, "reason too long (at most 500 characters)")
+	}
+	return b, nil
+}
+
+// jsonProblem describes a decode error without echoing the input.
+func jsonProblem(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("invalid JSON at byte %d", se.Offset)
+	case errors.As(err, &te):
+		return fmt.Sprintf("field %q has the wrong type", te.Field)
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return "unknown field"
+	}
+	return "invalid JSON"
+}
+
+func (a *Admin) actor() string { return "admin-api:" + a.cfg.RunnerID }
+
+// ---- reads ----
+
+func (a *Admin) listBots(w http.ResponseWriter, r *http.Request) (any, error) {
+	bots, err := a.bots(r.Context(), "")
+	if err != nil {
+		return nil, err
+	}
+	bots = filterBots(bots, r.URL.Query().Get("q"), r.URL.Query().Get("state"))
+	return map[string]any{"bots": bots}, nil
+}
+
+func (a *Admin) getBot(w http.ResponseWriter, r *http.Request) (any, error) {
+	id, err := pathID(r, "bot")
+	if err != nil {
+		return nil, err
+	}
+	return a.botDetail(r.Context(), id)
+}
+
+func (a *Admin) botDetail(ctx context.Context, id string) (BotDetail, error) {
+	bots, err := a.bots(ctx, id)
+	if err != nil {
+		return BotDetail{}, err
+	}
+	if len(bots) == 0 {
+		return BotDetail{}, errf(http.StatusNotFound, "no such managed bot")
+	}
+	d := BotDetail{BotView: bots[0], Events: []BotEvent{}}
+	if a.cfg.Supervisor != nil {
+		if st, ok := a.cfg.Supervisor.BotStatus(id); ok {
+			d.Events = st.Events
+			d.EventsFrom = a.cfg.RunnerID
+		}
+	}
+	return d, nil
+}
+
+func (a *Admin) listRunners(w http.ResponseWriter, r *http.Request) (any, error) {
+	rs, err := a.runners(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"runners": rs}, nil
+}
+
+func (a *Admin) listShards(w http.ResponseWriter, r *http.Request) (any, error) {
+	ss, err := a.shards(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"shards": ss}, nil
+}
+
+// ---- actions ----
+
+func (a *Admin) setStatus(r *http.Request, pause bool) (any, error) {
+	id, err := pathID(r, "bot")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := readAction(r); err != nil {
+		return nil, err
+	}
+	if a.cfg.Registry == nil {
+		return nil, errf(http.StatusServiceUnavailable, "this replica has no registry configured")
+	}
+	f := a.cfg.Registry.Resume
+	if pause {
+		f = a.cfg.Registry.Pause
+	}
+	b, changed, err := f(r.Context(), a.actor(), id)
+	switch {
+	case errors.Is(err, ErrBotNotFound):
+		return nil, errf(http.StatusNotFound, "no such managed bot")
+	case errors.Is(err, ErrInvalidArgument):
+		return nil, errf(http.StatusBadRequest, "invalid bot id")
+	case err != nil:
+		return nil, err
+	}
+	return map[string]any{"bot_id": b.ID, "status": b.Status, "changed": changed}, nil
+}
+
+func (a *Admin) pause(w http.ResponseWriter, r *http.Request) (any, error) {
+	return a.setStatus(r, true)
+}
+func (a *Admin) resume(w http.ResponseWriter, r *http.Request) (any, error) {
+	return a.setStatus(r, false)
+}
+
+// reconnect: the owner of the bot's shard drops the socket and dials again.
+// Here if this replica runs the session, else through a NOTIFY on
+// BotsChannel that the owner acts on.
+func (a *Admin) reconnect(w http.ResponseWriter, r *http.Request) (any, error) {
+	id, err := pathID(r, "bot")
+	if err != nil {
+		return nil, err
+	}
+	body, err := readAction(r)
+	if err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	var shard int
+	var owner *string
+	err = a.cfg.Pool.QueryRow(ctx, `SELECT b.shard, CASE WHEN l.expires_at > now() THEN l.owner END
+		FROM bots b LEFT JOIN shard_leases l ON l.shard = b.shard WHERE b.id = $1`, id).Scan(&shard, &owner)
+	if err != nil {
+		if isNoRows(err) {
+			return nil, errf(http.StatusNotFound, "no such managed bot")
+		}
+		return nil, fmt.Errorf("admin: read bot: %w", err)
+	}
+	how := ""
+	switch {
+	case a.cfg.Supervisor != nil && a.cfg.Supervisor.Reconnect(id):
+		how = "reconnected by this replica"
+	case owner == nil:
+		return nil, errf(http.StatusConflict, "no replica owns shard %d right now; the bot connects when one claims it", shard)
+	default:
+		payload, _ := json.Marshal(botEvent{Op: OpReconnect, BotID: id, Shard: &shard})
+		if _, err := a.cfg.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, BotsChannel, string(payload)); err != nil {
+			return nil, fmt.Errorf("admin: notify owner: %w", err)
+		}
+		how = "asked owner " + *owner
+	}
+	if err := vault.Audit(ctx, a.cfg.Pool, vault.AuditEntry{Actor: a.actor(), Action: ActionBotReconnect, BotID: id,
+		Detail: map[string]any{"shard": shard, "how": how, "reason": body.Reason}}); err != nil {
+		return nil, fmt.Errorf("admin: audit: %w", err)
+	}
+	return accepted{map[string]any{"bot_id": id, "shard": shard, "result": how}}, nil
+}
+
+// drain sets runners.draining; the target sees it at its next heartbeat
+// (woken at once by a NOTIFY on ShardsChannel), releases every shard and
+// stays up holding nothing (readyz 503) until it is stopped.
+func (a *Admin) drain(w http.ResponseWriter, r *http.Request) (any, error) {
+	id, err := pathID(r, "runner")
+	if err != nil {
+		return nil, err
+	}
+	body, err := readAction(r)
+	if err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	tag, err := a.cfg.Pool.Exec(ctx, `UPDATE runners SET draining = true WHERE id = $1`, id)
+	if err != nil {
+		return nil, fmt.Errorf("admin: mark runner draining: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return nil, errf(http.StatusNotFound, "no such runner")
+	}
+	ev, _ := json.Marshal(shardsEvent{Runner: "admin", Event: "drain"})
+	if _, err := a.cfg.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, ShardsChannel, string(ev)); err != nil {
+		a.log.Warn().Err(err).Msg("drain: notify failed; the runner sees the flag at its next heartbeat")
+	}
+	if a.cfg.Supervisor != nil && id == a.cfg.RunnerID {
+		a.cfg.Supervisor.Shards().Wake()
+	}
+	if err := vault.Audit(ctx, a.cfg.Pool, vault.AuditEntry{Actor: a.actor(), Action: ActionRunnerDrain,
+		Detail: map[string]any{"runner_id": id, "reason": body.Reason}}); err != nil {
+		return nil, fmt.Errorf("admin: audit: %w", err)
+	}
+	return accepted{map[string]any{"runner_id": id, "draining": true}}, nil
+}
