@@ -252,7 +252,7 @@ func (s *Session) poll(st *loopState) pollResult {
 		}
 		// One batch at a time: polling again before everything was handed off
 		// would fetch the same updates again (the offset cannot move past them).
-		if !s.waitIdle() {
+		if !s.waitHandedOff(s.acceptCtx) {
 			return pollStopped
 		}
 		cred, err := s.token(s.acceptCtx)
@@ -366,25 +366,6 @@ func (s *Session) drainKick() {
 	select {
 	case <-s.kick:
 	default:
-	}
-}
-
-// waitIdle waits until every accepted update was handed off. It returns
-// false when the session stops accepting.
-func (s *Session) waitIdle() bool {
-	for {
-		s.mu.Lock()
-		if s.w.undone == 0 {
-			s.mu.Unlock()
-			return true
-		}
-		ch := s.waitChLocked()
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-s.acceptCtx.Done():
-			return false
-		}
 	}
 }
 
