@@ -26,13 +26,22 @@ import (
 //go:embed static
 var files embed.FS
 
-// contentTypes names the type of every extension the page ships, so the
+const htmlType = "text/html; charset=utf-8"
+
+// contentType names the type of every extension the page ships, so the
 // answer does not depend on the machine's mime tables.
-var contentTypes = map[string]string{
-	".html": "text/html; charset=utf-8",
-	".js":   "text/javascript; charset=utf-8",
-	".css":  "text/css; charset=utf-8",
-	".svg":  "image/svg+xml",
+func contentType(ext string) (string, bool) {
+	switch ext {
+	case ".html":
+		return htmlType, true
+	case ".js":
+		return "text/javascript; charset=utf-8", true
+	case ".css":
+		return "text/css; charset=utf-8", true
+	case ".svg":
+		return "image/svg+xml", true
+	}
+	return "", false
 }
 
 // contentSecurityPolicy allows the page's own files and its own origin only:
@@ -60,7 +69,7 @@ func Handler() http.Handler {
 		if err != nil {
 			return nil
 		}
-		ct, ok := contentTypes[path.Ext(p)]
+		ct, ok := contentType(path.Ext(p))
 		if !ok {
 			ct = "application/octet-stream"
 		}
@@ -94,7 +103,7 @@ func Handler() http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		// The page may carry ?admin_token=; never leak the address onwards.
 		h.Set("Referrer-Policy", "no-referrer")
-		if a.contentType == contentTypes[".html"] {
+		if a.contentType == htmlType {
 			h.Set("Content-Security-Policy", contentSecurityPolicy)
 			h.Set("X-Frame-Options", "DENY")
 		}
