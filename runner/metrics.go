@@ -32,6 +32,7 @@ type Metrics struct {
 	sessionsStopped *prometheus.CounterVec
 	tokenBatch      prometheus.Histogram
 	handoffs        *prometheus.CounterVec
+	fleet           *fleetGauges // agentrunner_runner_active_bots and _shards (fleetgauges.go)
 }
 
 // NewMetrics registers the runner's metrics with reg; a nil reg yields a nil
@@ -99,10 +100,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "agentrunner_runner_pg_handoffs_total",
 			Help: "Updates written by the Postgres-backed Handoff, by result (new, duplicate, error).",
 		}, []string{"result"}),
+		fleet: newFleetGauges(
+			prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "agentrunner_runner_active_bots",
+				Help: "Active bots (status active) in the shards this replica holds, read from Postgres at scrape time.",
+			}),
+			prometheus.NewGauge(prometheus.GaugeOpts{
+				Name: "agentrunner_runner_shards",
+				Help: "Shards in the install (N, fixed at install), read from Postgres at scrape time; 0 until known.",
+			})),
 	}
 	reg.MustRegister(m.leasesHeld, m.liveRunners, m.epochChanges, m.leasesLost, m.renewSeconds,
 		m.renewFailures, m.selfFencing, m.fencedWrites, m.reconcilePasses, m.sessions,
-		m.sessionsStarted, m.sessionsStopped, m.tokenBatch, m.handoffs)
+		m.sessionsStarted, m.sessionsStopped, m.tokenBatch, m.handoffs, m.fleet)
 	for _, k := range []string{"free", "takeover"} {
 		m.epochChanges.WithLabelValues(k)
 	}

@@ -149,7 +149,10 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	// replica (thousands of handoffs) must never self-fence because its
 	// renewal waited for a connection.
 	lcfg := cfg.Pool.Config().Copy()
-	lcfg.MaxConns, lcfg.MinConns = 3, 1
+	// The reconcile's reads of bots use them too (one at a time), so
+	// starting the sessions of claimed shards never queues behind handoffs
+	// or admin work on the shared pool either.
+	lcfg.MaxConns, lcfg.MinConns = 4, 1
 	leasePool, err := pgxpool.NewWithConfig(context.Background(), lcfg)
 	if err != nil {
 		return nil, fmt.Errorf("runner: lease pool: %w", err)
@@ -165,6 +168,9 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 		return nil, err
 	}
 	s.shards = sh
+	// The fleet gauges (active bots of the shards held, shard count) read
+	// Postgres at each scrape of this replica's metrics.
+	cfg.Metrics.WatchFleet(cfg.Pool, sh)
 	return s, nil
 }
 
@@ -502,7 +508,7 @@ func (s *Supervisor) activeLeases() []Lease {
 func (s *Supervisor) queryBots(ctx context.Context, sql string, arg any) ([]botRow, error) {
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	rows, err := s.cfg.Pool.Query(qctx, sql, arg)
+	rows, err := s.leasePool.Query(qctx, sql, arg)
 	if err != nil {
 		return nil, fmt.Errorf("runner: read bots: %w", err)
 	}

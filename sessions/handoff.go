@@ -60,9 +60,9 @@ func (s *Session) runLane(l *lane) {
 		if len(l.queue) == 0 {
 			l.queue = nil
 		}
-		u := e.u
+		u, recv := e.u, e.recv
 		s.mu.Unlock()
-		if !s.handoff(u) {
+		if !s.handoff(u, recv) {
 			// Stopped hard: the update stays unacked and is redelivered to the next owner.
 			s.mu.Lock()
 			l.running = false
@@ -74,11 +74,13 @@ func (s *Session) runLane(l *lane) {
 }
 
 // handoff calls Handoff until it succeeds, fails permanently, or the session
-// is stopped hard (false).
-func (s *Session) handoff(u *buko.Update) bool {
+// is stopped hard (false). The context carries recv, the update's receipt
+// time (buko.ReceivedAt), for reply-latency measurement downstream.
+func (s *Session) handoff(u *buko.Update, recv time.Time) bool {
 	start := time.Now()
+	ctx := buko.WithReceivedAt(s.runCtx, recv)
 	for attempt := 0; ; attempt++ {
-		err := s.cfg.Handoff.Handoff(s.runCtx, s.cfg.BotID, *u)
+		err := s.cfg.Handoff.Handoff(ctx, s.cfg.BotID, *u)
 		if err == nil {
 			s.m.handoffDone(time.Since(start))
 			return true

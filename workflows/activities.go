@@ -123,7 +123,7 @@ func (a *Activities) typing(ctx context.Context, spec BotSpec, chatID string) er
 	}
 	start := time.Now()
 	err = a.api.SendChatAction(ctx, cred, chatID, buko.ActionTyping)
-	a.metrics.apiCall("sendChatAction", resultOf(err), time.Since(start))
+	a.metrics.apiCall("sendChatAction", err, time.Since(start))
 	return err
 }
 
@@ -156,9 +156,12 @@ func (a *Activities) send(ctx context.Context, method string, class int, in Acti
 	start := time.Now()
 	msg, err := call(ctx, cred)
 	d := time.Since(start)
-	a.metrics.apiCall(method, resultOf(err), d)
+	a.metrics.apiCall(method, err, d)
 	if err != nil {
 		return ActionResult{}, a.apiError(spec.ID, err)
+	}
+	if !in.ReceivedAt.IsZero() {
+		a.metrics.replied(time.Since(in.ReceivedAt))
 	}
 	if msg == nil {
 		return ActionResult{}, nil
@@ -166,6 +169,8 @@ func (a *Activities) send(ctx context.Context, method string, class int, in Acti
 	return ActionResult{MessageID: msg.MessageID}, nil
 }
 
+// resultOf is the result label of a Bot API call: ok, rate_limited, retry
+// (retryable failure) or rejected (failed for good).
 func resultOf(err error) string {
 	var be *buko.Error
 	switch {
@@ -177,6 +182,31 @@ func resultOf(err error) string {
 		return "retry"
 	}
 	return "rejected"
+}
+
+// codeOf is the code label of a Bot API call: "ok", one of the Bot API's
+// documented codes, "network" when no complete answer came, or "other"
+// (an undocumented code, a malformed answer, a local refusal). Never free text.
+func codeOf(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var be *buko.Error
+	if errors.As(err, &be) {
+		switch be.Code {
+		case buko.CodeBadRequest, buko.CodeUnauthorized, buko.CodeChatForbidden, buko.CodeBotBlocked,
+			buko.CodeMethodNotAllowedForTier, buko.CodeMessageForbidden, buko.CodeChatNotFound,
+			buko.CodeGatewayActive, buko.CodeGatewayConnectionLimit, buko.CodePayloadTooLarge,
+			buko.CodeRateLimited, buko.CodeInternal:
+			return be.Code
+		}
+		return "other"
+	}
+	var re *buko.RequestError
+	if errors.As(err, &re) {
+		return "network"
+	}
+	return "other"
 }
 
 // apiError turns a Bot API error into the activity's error: 400/403/404/413

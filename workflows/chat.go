@@ -3,6 +3,7 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"time"
 	"unicode/utf8"
 
 	"go.temporal.io/sdk/temporal"
@@ -114,7 +115,7 @@ func (c *chat) run(ctx workflow.Context) (ChatResult, error) {
 // drain moves every signal already received into Pending.
 func (c *chat) drain(ctx workflow.Context, ch workflow.ReceiveChannel) {
 	for {
-		var u buko.Update
+		var u UpdateSignal
 		if !ch.ReceiveAsync(&u) {
 			return
 		}
@@ -130,7 +131,7 @@ func (c *chat) awaitUpdate(ctx workflow.Context, ch workflow.ReceiveChannel) (bo
 	got, fired := false, false
 	sel := workflow.NewSelector(ctx)
 	sel.AddReceive(ch, func(rc workflow.ReceiveChannel, _ bool) {
-		var u buko.Update
+		var u UpdateSignal
 		rc.Receive(ctx, &u)
 		c.st.Pending = append(c.st.Pending, u)
 		got = true
@@ -158,7 +159,8 @@ func (c *chat) shouldContinueAsNew(ctx workflow.Context) bool {
 }
 
 // process handles one update: dedupe, agent, actions, memory.
-func (c *chat) process(ctx workflow.Context, u buko.Update) {
+func (c *chat) process(ctx workflow.Context, sig UpdateSignal) {
+	u := sig.Update
 	log := workflow.GetLogger(ctx)
 	metrics := workflow.GetMetricsHandler(ctx)
 	if !u.UpdateID.Valid() || u.ChatID() != c.in.ChatID {
@@ -192,15 +194,22 @@ func (c *chat) process(ctx workflow.Context, u buko.Update) {
 		metrics.Counter(metricAgentFailures).Inc(1)
 		log.Warn("agent failed; update recorded as failed", "update_id", string(u.UpdateID), "error_type", errorType(err))
 		if workflow.GetVersion(ctx, versionFailureNotice, workflow.DefaultVersion, 1) == 1 && u.Message != nil {
-			c.perform(ctx, u, agents.Action{Type: agents.ActionSend, Text: FailureNotice, ReplyToMessageID: u.Message.MessageID})
+			// Not a reply to measure: the agent failure already counts against the reply SLO.
+			c.perform(ctx, u, agents.Action{Type: agents.ActionSend, Text: FailureNotice, ReplyToMessageID: u.Message.MessageID}, time.Time{})
 		}
 		return
 	}
 	sent := make([]string, 0, len(out.Actions))
+	replied := false
 	for _, a := range out.Actions {
-		if !c.perform(ctx, u, a) {
+		var recv time.Time
+		if !replied && isReply(a.Type) {
+			recv = sig.ReceivedAt // the first reply measures the update's reply latency
+		}
+		if !c.perform(ctx, u, a, recv) {
 			break
 		}
+		replied = replied || isReply(a.Type)
 		if a.Type == agents.ActionSend {
 			sent = append(sent, a.Text)
 		}
@@ -210,14 +219,15 @@ func (c *chat) process(ctx workflow.Context, u buko.Update) {
 
 // perform runs one action as its activity; false means stop this reply's
 // remaining actions (the chat refuses the bot, or the action failed for good).
-func (c *chat) perform(ctx workflow.Context, u buko.Update, a agents.Action) bool {
+// recv, when set, is the update's receipt time (see ActionInput.ReceivedAt).
+func (c *chat) perform(ctx workflow.Context, u buko.Update, a agents.Action, recv time.Time) bool {
 	name, ok := activityFor(a.Type)
 	if !ok {
 		c.st.LastError = fmt.Sprintf("update %s: unknown action type", u.UpdateID)
 		return true
 	}
 	sctx := workflow.WithActivityOptions(ctx, c.sendOptions())
-	err := workflow.ExecuteActivity(sctx, name, ActionInput{BotID: c.in.BotID, ChatID: c.in.ChatID, Action: a}).Get(ctx, nil)
+	err := workflow.ExecuteActivity(sctx, name, ActionInput{BotID: c.in.BotID, ChatID: c.in.ChatID, Action: a, ReceivedAt: recv}).Get(ctx, nil)
 	if err == nil {
 		return true
 	}
@@ -226,6 +236,11 @@ func (c *chat) perform(ctx workflow.Context, u buko.Update, a agents.Action) boo
 	workflow.GetMetricsHandler(ctx).Counter(metricActionFailed).Inc(1)
 	workflow.GetLogger(ctx).Warn("action failed", "update_id", string(u.UpdateID), "activity", name, "error_type", errorType(err))
 	return false
+}
+
+// isReply reports whether an action of type t posts a message to the chat.
+func isReply(t string) bool {
+	return t == agents.ActionSend || t == agents.ActionPhoto || t == agents.ActionDocument
 }
 
 func activityFor(t string) (string, bool) {

@@ -227,8 +227,8 @@ func TestChatWorkflowProcessesCarriedPendingFirst(t *testing.T) {
 	f := &fakeActs{}
 	env := newTestEnv(t, f)
 	in := testInput()
-	in.State = ChatState{LastUpdateID: "5", Pending: []buko.Update{
-		textUpdate("6", "c1", "p6"), textUpdate("5", "c1", "p5"), textUpdate("7", "c1", "p7"),
+	in.State = ChatState{LastUpdateID: "5", Pending: []UpdateSignal{
+		{Update: textUpdate("6", "c1", "p6")}, {Update: textUpdate("5", "c1", "p5")}, {Update: textUpdate("7", "c1", "p7")},
 	}}
 	signalAt(env, time.Second, textUpdate("8", "c1", "p8"))
 	env.ExecuteWorkflow(ChatWorkflowName, in)

@@ -61,7 +61,11 @@ func NewHandoff(c client.Client, taskQueue string) *Handoff {
 func (h *Handoff) WithSettings(s Settings) *Handoff { h.settings = s; return h }
 
 // WithMetrics records handoff counts and latency in m.
-func (h *Handoff) WithMetrics(m *Metrics) *Handoff { h.metrics = m; return h }
+func (h *Handoff) WithMetrics(m *Metrics) *Handoff {
+	h.metrics = m
+	m.allowTaskQueue(h.taskQueue)
+	return h
+}
 
 // Handoff signals update u to its chat's workflow, starting the workflow if it
 // is not running. It returns nil only once Temporal has recorded the signal.
@@ -95,7 +99,12 @@ func (h *Handoff) handoff(ctx context.Context, botID string, u buko.Update) erro
 		Priority:              temporal.Priority{FairnessKey: botID},
 	}
 	in := ChatInput{BotID: botID, ChatID: chatID, Settings: h.settings}
-	_, err := h.c.SignalWithStartWorkflow(ctx, id, SignalUpdate, u, opts, ChatWorkflowName, in)
+	recv, ok := buko.ReceivedAt(ctx)
+	if !ok {
+		recv = time.Now() // a caller without a receipt time: measure from the handoff
+	}
+	sig := UpdateSignal{Update: u, Version: UpdateSignalVersion, ReceivedAt: recv.UTC()}
+	_, err := h.c.SignalWithStartWorkflow(ctx, id, SignalUpdate, sig, opts, ChatWorkflowName, in)
 	if err == nil {
 		return nil
 	}

@@ -65,6 +65,23 @@ func TestIntegrationEchoDuplicateProcessedOnce(t *testing.T) {
 	if got := testutil.ToFloat64(e.metrics.workflowCounter[metricDuplicates]); got != 4 {
 		t.Errorf("duplicate metric = %v, want 4", got)
 	}
+	// Two updates were answered: two reply latencies, measured from the handoff
+	// (e.hand passes no receipt time). The SDK's own metrics are forwarded.
+	if n := testutil.CollectAndCount(e.metrics.replyLatency); n != 1 {
+		t.Errorf("reply latency series: %d", n)
+	}
+	fams := gather(t, e.reg)
+	if h := fams["agentrunner_workflows_reply_latency_seconds"]; h == nil || h.GetMetric()[0].GetHistogram().GetSampleCount() != 2 {
+		t.Errorf("reply latency: %v", h)
+	}
+	for _, name := range []string{
+		"agentrunner_temporal_workflow_task_schedule_to_start_latency_seconds",
+		"agentrunner_temporal_activity_schedule_to_start_latency_seconds",
+	} {
+		if f := fams[name]; f == nil || len(f.GetMetric()) == 0 {
+			t.Errorf("%s not forwarded from the SDK", name)
+		}
+	}
 }
 
 func TestIntegrationOrderWithinChatUnderConcurrency(t *testing.T) {

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"maps"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,8 +20,14 @@ type Metrics struct {
 	quotaWaits      prometheus.Counter
 	quotaDeferrals  prometheus.Counter
 	busyRejections  prometheus.Counter
+	replyLatency    prometheus.Histogram
 	workflowCounter map[string]prometheus.Counter
+	sdk             *sdkMetrics
 }
+
+// ReplySLOSeconds is the reply SLO's latency threshold: a bucket bound of
+// agentrunner_workflows_reply_latency_seconds.
+const ReplySLOSeconds = 5
 
 // NewMetrics registers the metrics with reg; nil reg gives a no-op.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -39,8 +46,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentrunner_workflows_bot_api_calls_total",
-			Help: "Bot API calls made by activities, by method and result (ok, retry, rate_limited, rejected).",
-		}, []string{"method", "result"}),
+			Help: "Bot API calls made by activities, by method, result (ok, retry, rate_limited, rejected) and code (ok, a documented Bot API error code, network, other).",
+		}, []string{"method", "result", "code"}),
 		apiSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "agentrunner_workflows_bot_api_call_duration_seconds",
 			Help:    "Duration of Bot API calls made by activities.",
@@ -67,7 +74,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "agentrunner_workflows_bot_busy_total",
 			Help: "Activity attempts deferred because their bot was at its per-bot concurrency bound.",
 		}),
+		replyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "agentrunner_workflows_reply_latency_seconds",
+			Help:    "Time from an update's receipt by its session to the first successful reply (message, photo or document) to it.",
+			Buckets: []float64{0.25, 0.5, 1, 2, 3, ReplySLOSeconds, 7.5, 10, 15, 30, 60, 120, 300},
+		}),
 		workflowCounter: map[string]prometheus.Counter{},
+		sdk:             newSDKMetrics(reg),
 	}
 	for name, help := range map[string]string{
 		metricDuplicates:    "Updates a chat workflow dropped because their update_id was already processed.",
@@ -82,7 +95,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(c)
 	}
 	reg.MustRegister(m.handoffs, m.handoffSeconds, m.apiCalls, m.apiSeconds, m.agentCalls, m.agentSeconds,
-		m.quotaWaits, m.quotaDeferrals, m.busyRejections)
+		m.quotaWaits, m.quotaDeferrals, m.busyRejections, m.replyLatency)
 	return m
 }
 
@@ -102,13 +115,19 @@ func (m *Metrics) handoff(err error, d time.Duration) {
 	m.handoffSeconds.Observe(d.Seconds())
 }
 
-func (m *Metrics) apiCall(method, result string, d time.Duration) {
+func (m *Metrics) apiCall(method string, err error, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.apiCalls.WithLabelValues(method, result).Inc()
+	m.apiCalls.WithLabelValues(method, resultOf(err), codeOf(err)).Inc()
 	if d > 0 {
 		m.apiSeconds.WithLabelValues(method).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) replied(d time.Duration) {
+	if m != nil {
+		m.replyLatency.Observe(max(d, 0).Seconds())
 	}
 }
 
@@ -140,8 +159,9 @@ func (m *Metrics) busy() {
 
 // TemporalHandler adapts m to the SDK's metrics handler, for
 // client.Options.MetricsHandler. It forwards this package's workflow counters
-// (emitted replay-safely through workflow.GetMetricsHandler) and drops the
-// SDK's own metrics. Nil m gives the SDK's no-op handler.
+// (emitted replay-safely through workflow.GetMetricsHandler) and the SDK's own
+// metrics, as agentrunner_temporal_* (see sdkmetrics.go). Nil m gives the
+// SDK's no-op handler.
 func (m *Metrics) TemporalHandler() client.MetricsHandler {
 	if m == nil {
 		return client.MetricsNopHandler
@@ -149,25 +169,65 @@ func (m *Metrics) TemporalHandler() client.MetricsHandler {
 	return temporalHandler{m: m}
 }
 
-type temporalHandler struct{ m *Metrics }
+// allowTaskQueue lets q appear as a task_queue label value of the SDK's metrics.
+func (m *Metrics) allowTaskQueue(q string) {
+	if m != nil {
+		m.sdk.allowQueue(q)
+	}
+}
 
-func (h temporalHandler) WithTags(map[string]string) client.MetricsHandler { return h }
+type temporalHandler struct {
+	m    *Metrics
+	tags map[string]string // bounded labels only (sdkLabels), values sanitized
+}
+
+func (h temporalHandler) WithTags(tags map[string]string) client.MetricsHandler {
+	next := make(map[string]string, len(h.tags)+len(tags))
+	maps.Copy(next, h.tags)
+	for k, v := range tags {
+		if v, ok := h.m.sdk.label(k, v); ok {
+			next[k] = v
+		}
+	}
+	return temporalHandler{m: h.m, tags: next}
+}
 
 func (h temporalHandler) Counter(name string) client.MetricsCounter {
 	if c, ok := h.m.workflowCounter[name]; ok {
 		return counterFunc(func(d int64) { c.Add(float64(d)) })
 	}
+	if c := h.m.sdk.counter(name, h.tags); c != nil {
+		return counterFunc(func(d int64) {
+			if d > 0 {
+				c.Add(float64(d))
+			}
+		})
+	}
 	return client.MetricsNopHandler.Counter(name)
 }
 
 func (h temporalHandler) Gauge(name string) client.MetricsGauge {
+	if g := h.m.sdk.gauge(name, h.tags); g != nil {
+		return gaugeFunc(g.Set)
+	}
 	return client.MetricsNopHandler.Gauge(name)
 }
 
 func (h temporalHandler) Timer(name string) client.MetricsTimer {
+	if o := h.m.sdk.timer(name, h.tags); o != nil {
+		return timerFunc(func(d time.Duration) { o.Observe(max(d, 0).Seconds()) })
+	}
 	return client.MetricsNopHandler.Timer(name)
 }
 
 type counterFunc func(int64)
 
 func (f counterFunc) Inc(d int64) { f(d) }
+
+type gaugeFunc func(float64)
+
+func (f gaugeFunc) Update(v float64) { f(v) }
+
+type timerFunc func(time.Duration)
+
+func (f timerFunc) Record(d time.Duration) { f(d) }

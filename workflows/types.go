@@ -141,16 +141,36 @@ type ChatInput struct {
 	State    ChatState `json:"state"`
 }
 
+// UpdateSignalVersion is the version of UpdateSignal payloads this build writes.
+//
+//	0 (absent): a bare buko.Update (every payload before reply-latency metrics)
+//	1: the update plus ReceivedAt
+const UpdateSignalVersion = 1
+
+// UpdateSignal is the payload of the "update" signal: the update as Buko sent
+// it, with what the session knew of it beside the update's own fields (the
+// embedded Update's fields are inlined in the JSON). So a payload written as
+// a bare buko.Update decodes as an UpdateSignal with zero extras, and a worker
+// that knows only buko.Update decodes a new payload and ignores the extras.
+// The extras' names are prefixed so no future Bot API field can collide.
+type UpdateSignal struct {
+	buko.Update
+	Version int `json:"agentrunner_signal_version,omitempty"`
+	// ReceivedAt is when the session received the update from Buko (zero in
+	// version 0 payloads): reply latency is measured from it.
+	ReceivedAt time.Time `json:"agentrunner_received_at,omitzero"`
+}
+
 // ChatState is what a chat workflow carries across continue-as-new.
 type ChatState struct {
-	LastUpdateID buko.UpdateID `json:"last_update_id,omitempty"` // highest update processed (or dropped as failed)
-	Memory       []agents.Turn `json:"memory,omitempty"`
-	Pending      []buko.Update `json:"pending,omitempty"` // drained signals not yet processed
-	Processed    int64         `json:"processed"`
-	Duplicates   int64         `json:"duplicates"`
-	Failures     int64         `json:"failures"`
-	Runs         int           `json:"runs"` // continue-as-new generations so far
-	LastError    string        `json:"last_error,omitempty"`
+	LastUpdateID buko.UpdateID  `json:"last_update_id,omitempty"` // highest update processed (or dropped as failed)
+	Memory       []agents.Turn  `json:"memory,omitempty"`
+	Pending      []UpdateSignal `json:"pending,omitempty"` // drained signals not yet processed
+	Processed    int64          `json:"processed"`
+	Duplicates   int64          `json:"duplicates"`
+	Failures     int64          `json:"failures"`
+	Runs         int            `json:"runs"` // continue-as-new generations so far
+	LastError    string         `json:"last_error,omitempty"`
 }
 
 // ChatResult is a chat workflow's result when it ends after its quiet time.
@@ -191,6 +211,10 @@ type ActionInput struct {
 	BotID  string        `json:"bot_id"`
 	ChatID string        `json:"chat_id"`
 	Action agents.Action `json:"action"`
+	// ReceivedAt is set only on the first reply (a message posted) to an
+	// update, to the update's receipt time: the activity records the reply
+	// latency when it succeeds. Zero: not measured.
+	ReceivedAt time.Time `json:"received_at,omitzero"`
 }
 
 // ActionResult is a send activity's result.

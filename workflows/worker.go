@@ -76,6 +76,7 @@ func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
 	if o.MaxQuotaWait <= 0 {
 		o.MaxQuotaWait = 3 * time.Second
 	}
+	o.Metrics.allowTaskQueue(o.TaskQueue)
 	acts := &Activities{
 		bots:    o.Bots,
 		tokens:  o.Tokens,

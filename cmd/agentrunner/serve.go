@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,8 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	temporalclient "go.temporal.io/sdk/client"
@@ -166,23 +166,14 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 		return usageError{fmt.Errorf("--buko-gateway-url: %w", err)}
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := runner.NewMetrics(reg)
-	vm := vault.NewMetrics(reg)
-
 	ctx := cmd.Context()
-	pool, err := f.db.open(ctx)
+	c, err := openCore(ctx, log, &f.db, &f.cipher)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	ci, err := f.cipher.open(ctx, log, vm)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = ci.Cleanup() }()
-	store := vault.NewStore(pool, ci, log, vm)
+	defer c.close()
+	reg, pool, ci, store := c.reg, c.pool, c.cipher, c.store
+	metrics := runner.NewMetrics(reg)
 	tokens := vault.NewCache(store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "runner:" + f.runnerID})
 
 	adminToken := ""
@@ -200,7 +191,16 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 	var handoff sessions.Handoff
 	switch f.handoff {
 	case handoffPostgres:
-		handoff = runner.NewPGHandoff(pool, f.runnerID, metrics)
+		// Connections of its own, as the Temporal handoff has: a burst of
+		// handoffs (bots just moved here get their unacked updates again)
+		// must not make the reconcile of newly claimed shards wait for a
+		// connection to read their bots and tokens.
+		hpool, err := pgxpool.NewWithConfig(ctx, pool.Config().Copy())
+		if err != nil {
+			return fmt.Errorf("handoff pool: %w", err)
+		}
+		defer hpool.Close()
+		handoff = runner.NewPGHandoff(hpool, f.runnerID, metrics)
 	case handoffTemporal:
 		wm := workflows.NewMetrics(reg)
 		keys, err := f.temporal.loadKeys(ctx, workflows.KeyUnwrapper{Cipher: ci})
@@ -313,6 +313,7 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 	drained := make(chan error, 1)
 	go func() { drained <- sup.Drain(dctx) }()
 	var drainErr error
+	why := "the drain ended with an error"
 wait:
 	for {
 		select {
@@ -322,6 +323,7 @@ wait:
 			signals++
 			if signals >= 2 {
 				log.Warn().Msg("second signal: stopping hard")
+				why = "a second signal ended"
 				cancelDrain()
 			}
 		}
@@ -329,8 +331,13 @@ wait:
 	stopRun()
 	runErr := <-runDone
 	if drainErr != nil {
+		if signals < 2 && errors.Is(drainErr, context.DeadlineExceeded) {
+			why = fmt.Sprintf("the drain timeout (%s) ended", f.drainTimeout)
+		}
 		log.Warn().Err(drainErr).Dur("took", time.Since(start)).Msg("drain did not finish; sessions were closed hard")
-		return fmt.Errorf("drain: %w", drainErr)
+		// Unacked updates are redelivered to the next owner: nothing is
+		// lost, but the exit status says the drain was not clean.
+		return fmt.Errorf("stopped hard: %s the drain: %w", why, drainErr)
 	}
 	log.Info().Dur("took", time.Since(start)).Msg("drained; leases released")
 	return runErr

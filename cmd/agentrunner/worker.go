@@ -179,6 +179,41 @@ func (w *workerTuning) newChatWorker(d chatWorkerDeps) (*workflows.Worker, error
 	})
 }
 
+// core is what serve and worker both open first: the metrics registry (with
+// the Go and process collectors and the vault metrics), the Postgres pool, the
+// token cipher and the token store over them.
+type core struct {
+	reg    *prometheus.Registry
+	vm     *vault.Metrics
+	pool   *pgxpool.Pool
+	cipher vault.Cipher
+	store  *vault.Store
+}
+
+// openCore opens the shared core; on error nothing is left open. The caller
+// closes it with close.
+func openCore(ctx context.Context, log zerolog.Logger, db *dbFlags, cf *cipherFlags) (*core, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	vm := vault.NewMetrics(reg)
+	pool, err := db.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ci, err := cf.open(ctx, log, vm)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &core{reg: reg, vm: vm, pool: pool, cipher: ci, store: vault.NewStore(pool, ci, log, vm)}, nil
+}
+
+// close wipes the cipher's keys, then closes the pool.
+func (c *core) close() {
+	_ = c.cipher.Cleanup()
+	c.pool.Close()
+}
+
 // workerFlags are the settings of agentrunner worker.
 type workerFlags struct {
 	db            dbFlags
@@ -238,22 +273,14 @@ func runWorker(ctx context.Context, log zerolog.Logger, f *workerFlags) error {
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c, err := openCore(ctx, log, &f.db, &f.cipher)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	reg := c.reg
 	wm := workflows.NewMetrics(reg)
-	vm := vault.NewMetrics(reg)
-
-	pool, err := f.db.open(ctx)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	ci, err := f.cipher.open(ctx, log, vm)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = ci.Cleanup() }()
-	keys, err := f.temporal.loadKeys(ctx, workflows.KeyUnwrapper{Cipher: ci})
+	keys, err := f.temporal.loadKeys(ctx, workflows.KeyUnwrapper{Cipher: c.cipher})
 	if err != nil {
 		return err
 	}
@@ -263,10 +290,9 @@ func runWorker(ctx context.Context, log zerolog.Logger, f *workerFlags) error {
 	}
 	defer tc.Close()
 
-	store := vault.NewStore(pool, ci, log, vm)
 	w, err := f.tuning.newChatWorker(chatWorkerDeps{
-		temporal: tc, taskQueue: f.temporal.taskQueue, pool: pool, cipher: ci,
-		tokens: vault.NewCache(store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "worker"}),
+		temporal: tc, taskQueue: f.temporal.taskQueue, pool: c.pool, cipher: c.cipher,
+		tokens: vault.NewCache(c.store, vault.CacheOptions{TTL: f.tokenCacheTTL, Actor: "worker"}),
 		api:    api, log: log, metrics: wm,
 	})
 	if err != nil {

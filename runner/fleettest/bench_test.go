@@ -321,6 +321,7 @@ func BenchmarkFleetRollingRestart(b *testing.B) {
 	waitFor(b, "the first updates handed off", 5*time.Minute, func() bool { return handedOff(b, env) >= n })
 	tr := track(env, 100*time.Millisecond)
 	waitFor(b, "the tracker to see every bot", time.Minute, func() bool { return tr.countUp(ids) == n })
+	before := env.Stats(b)
 	b.ResetTimer()
 	start := time.Now()
 	names := []string{"a", "b", "c"}
@@ -354,6 +355,10 @@ func BenchmarkFleetRollingRestart(b *testing.B) {
 	b.ReportMetric(float64(len(gaps)), "gaps")
 	b.Logf("rolling restart of 3 replicas with %d bots took %s: %d gaps seen (100 ms polls), p50 %s, p99 %s, max %s; max sockets per bot %d",
 		n, took.Round(time.Millisecond), len(gaps), p50.Round(time.Millisecond), p99.Round(time.Millisecond), worst.Round(time.Millisecond), maxOpen)
+	after := env.Stats(b)
+	b.Logf("during the restarts: %d socket opens, %d upgrades refused for the connection limit (409), %d rate-limited",
+		after.GatewayConnections-before.GatewayConnections, after.GatewayRejectedLimit-before.GatewayRejectedLimit,
+		after.RateLimited-before.RateLimited)
 	for _, g := range tr.worst {
 		b.Logf("long gap: bot %s down %s from %s", g.bot, g.to.Sub(g.from).Round(time.Millisecond), g.from.UTC().Format("15:04:05.000"))
 	}
