@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -212,6 +214,9 @@ func runDev(cmd *cobra.Command, g *globals, f *devFlags) error {
 	sf.db, sf.cipher, sf.temporal = f.db, f.cipher, f.temporal
 	sf.buko.apiURL = apiURL
 	sf.adminAddr = f.adminAddr
+	if sf.adminTokenFile, err = ensureAdminToken(f.dataDir, log); err != nil {
+		return err
+	}
 	sf.runnerID = "dev-" + strconv.Itoa(os.Getpid())
 	sf.drainTimeout = 10 * time.Second
 	if err := sf.check(); err != nil {
@@ -227,6 +232,27 @@ func runDev(cmd *cobra.Command, g *globals, f *devFlags) error {
 	}
 	printDevBanner(out, apiURL, f, chats, external)
 	return runServe(cmd, g, sf)
+}
+
+// adminTokenPath is where dev keeps the admin API's bearer token.
+func adminTokenPath(dataDir string) string { return filepath.Join(dataDir, "admin-token") }
+
+// ensureAdminToken makes a random admin token in a 0600 file of the data
+// folder unless one is there, so dev's admin API accepts writes (pause,
+// resume, reconnect, drain) from whoever can read the file. It returns the path.
+func ensureAdminToken(dataDir string, log zerolog.Logger) (string, error) {
+	path := adminTokenPath(dataDir)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return path, nil
+	}
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw) // crypto/rand.Read never fails on Linux
+	tok := base64.RawURLEncoding.EncodeToString(raw) + "\n"
+	if err := os.WriteFile(path, []byte(tok), 0o600); err != nil {
+		return "", fmt.Errorf("admin token file: %w", err)
+	}
+	log.Info().Str("file", path).Msg("admin token file created")
+	return path, nil
 }
 
 // ensureDatabase creates the database of d.url when it is missing. Running as
@@ -522,6 +548,7 @@ func printDevBanner(w io.Writer, apiURL string, f *devFlags, chats []devChat, ex
 		fmt.Fprintf(w, "  chat here:   %s/  (simulator web chat: pick %q)\n", apiURL, devUserName)
 	}
 	fmt.Fprintf(w, "  look here:   http://%s/  (admin: status page, /healthz, /readyz, /metrics)\n", f.adminAddr)
+	fmt.Fprintf(w, "  admin token: %s  (page login; API: Authorization: Bearer $(cat that file))\n", adminTokenPath(f.dataDir))
 	fmt.Fprintf(w, "  Temporal:    %s (namespace %s, task queue %s)\n", f.temporal.address, f.temporal.namespace, f.temporal.taskQueue)
 	fmt.Fprintf(w, "  Postgres:    %s\n", redactURL(f.db.url))
 	for _, c := range chats {

@@ -198,6 +198,33 @@ func TestDevEndToEnd(t *testing.T) {
 		}
 	}
 
+	// The admin API takes writes with the token dev made, and only with it.
+	tok, err := os.ReadFile(filepath.Join(dir, "data", "agentrunner", "dev", "admin-token"))
+	if err != nil || len(bytes.TrimSpace(tok)) == 0 {
+		t.Fatalf("admin token file: %v", err)
+	}
+	if strings.Contains(out.String(), strings.TrimSpace(string(tok))) {
+		t.Fatal("dev printed its admin token")
+	}
+	pause := func(token string) int {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/api/v1/bots/"+chats[devEchoHandle][0]+"/pause", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := pause(""); code != http.StatusUnauthorized && code != http.StatusForbidden {
+		t.Fatalf("pause without the token: %d", code)
+	}
+	if code := pause(strings.TrimSpace(string(tok))); code != http.StatusOK {
+		t.Fatalf("pause with the token: %d", code)
+	}
+
 	// SIGINT stops everything, the Temporal child included.
 	stopAt := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
