@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"image"
 	"image/color"
@@ -14,25 +13,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/buko/sim/web/browser"
 )
-
-// chromiumPath is where deploy/dev/chromium.sh (run by `make services`) puts
-// Debian's Chromium.
-const chromiumPath = "/usr/bin/chromium"
-
-// stepTimeout bounds one browser step; generous, so a loaded machine is only slow.
-const stepTimeout = 90 * time.Second
 
 // TestWebChat drives the simulator's web chat page in a headless Chromium
 // against a real simulator: create a user, start a bot, send a message (which
@@ -41,8 +30,7 @@ const stepTimeout = 90 * time.Second
 // block and restart the bot, and check the phone layout. Screenshots go to
 // $AGENTRUNNER_TEST_ARTIFACTS (default test-artifacts/ at the repo root).
 func TestWebChat(t *testing.T) {
-	requireChromium(t)
-
+	browser.Require(t)
 	srv := httptest.NewServer(sim.New(sim.Options{}))
 	t.Cleanup(srv.Close)
 	api := &control{t: t, base: srv.URL}
@@ -56,22 +44,22 @@ func TestWebChat(t *testing.T) {
 		t.Fatal("POST /sim/bots returned no bot_id or no token")
 	}
 
-	b := startBrowser(t)
+	b := browser.New(t)
 
 	// A page that keeps this marker was never reloaded.
-	b.do("open the page", chromedp.Navigate(srv.URL+"/"))
-	b.waitFn("the page to start", `() => document.body.dataset.ready === 'true'`)
-	b.do("mark the page", chromedp.Evaluate[chromedp.Void](`window.__notReloaded = true`))
+	b.Do("open the page", chromedp.Navigate(srv.URL+"/"))
+	b.WaitFn("the page to start", `() => document.body.dataset.ready === 'true'`)
+	b.Do("mark the page", chromedp.Evaluate[chromedp.Void](`window.__notReloaded = true`))
 
 	// Create a user; with no users yet the "New user" form is open.
-	b.waitFn("the New user form to be open", `() => document.getElementById('new-user').open`)
-	b.do("create a user",
+	b.WaitFn("the New user form to be open", `() => document.getElementById('new-user').open`)
+	b.Do("create a user",
 		chromedp.WaitVisible(chromedp.ID("new-user-name")),
 		chromedp.SendKeys(chromedp.ID("new-user-name"), "Ada Lovelace"),
 		chromedp.SendKeys(chromedp.ID("new-user-handle"), "ada"),
 		chromedp.Click(chromedp.ID("create-user")),
 	)
-	b.waitFn("the new user to be picked",
+	b.WaitFn("the new user to be picked",
 		`() => document.getElementById('current-user').textContent.includes('Ada Lovelace')`)
 	var users []struct {
 		UserID      string `json:"user_id"`
@@ -84,24 +72,24 @@ func TestWebChat(t *testing.T) {
 	userID := users[0].UserID
 
 	// Start the bot: the private chat opens with the /start message.
-	startSel := testID("start-bot-" + bot.BotID)
-	b.waitFn("the Start button to be enabled", `(sel) => { const b = document.querySelector(sel); return b && !b.disabled; }`, startSel)
-	b.do("start the bot", chromedp.Click(chromedp.CSS(startSel)))
-	b.do("the chat to open", chromedp.WaitVisible(chromedp.ID("chat-view")))
-	b.waitFn("/start in the transcript", `() => [...document.querySelectorAll('#transcript .msg-own .text')].some(e => e.textContent === '/start')`)
-	chatID := b.eval(`document.querySelector('#chat-list button.chat.active').dataset.chatId`)
+	startSel := browser.TestID("start-bot-" + bot.BotID)
+	b.WaitFn("the Start button to be enabled", `(sel) => { const b = document.querySelector(sel); return b && !b.disabled; }`, startSel)
+	b.Do("start the bot", chromedp.Click(chromedp.CSS(startSel)))
+	b.Do("the chat to open", chromedp.WaitVisible(chromedp.ID("chat-view")))
+	b.WaitFn("/start in the transcript", `() => [...document.querySelectorAll('#transcript .msg-own .text')].some(e => e.textContent === '/start')`)
+	chatID := b.Eval(`document.querySelector('#chat-list button.chat.active').dataset.chatId`)
 	if chatID == "" {
 		t.Fatal("the open chat is not marked active in the chat list")
 	}
 
 	// Send a message (with markup in it, which must stay text).
 	const hello = `hello <b>bot</b> & <img src=x onerror="window.__xss=1">`
-	b.do("type and send a message",
+	b.Do("type and send a message",
 		chromedp.SendKeys(chromedp.ID("composer-text"), hello),
 		chromedp.Click(chromedp.ID("send")),
 	)
-	helloID := b.waitMessage("the sent message", "user", hello)
-	if got := b.eval(`String(document.querySelectorAll('#transcript .text b, #transcript .text img').length) + String(window.__xss || '')`); got != "0" {
+	helloID := b.WaitChatMessage("the sent message", "user", hello)
+	if got := b.Eval(`String(document.querySelectorAll('#transcript .text b, #transcript .text img').length) + String(window.__xss || '')`); got != "0" {
 		t.Fatalf("message text was rendered as HTML (elements+xss marker = %q)", got)
 	}
 	msgs := api.messages(chatID)
@@ -112,14 +100,14 @@ func TestWebChat(t *testing.T) {
 	// The bot answers through the Bot API; the reply shows up without a reload.
 	const pong = "pong: hello, Ada"
 	replyID := api.botSend(bot.Token, map[string]any{"chat_id": chatID, "text": pong, "reply_to_message_id": helloID})
-	gotID := b.waitMessage("the bot's reply", "bot", pong)
+	gotID := b.WaitChatMessage("the bot's reply", "bot", pong)
 	if gotID != replyID {
 		t.Fatalf("the bot reply shows as message %s, the Bot API said %s", gotID, replyID)
 	}
-	b.waitFn("the bot reply to quote the message", `(id) => { const q = document.querySelector('[data-testid="quote-' + id + '"]'); return q && q.textContent.includes('You'); }`, replyID)
+	b.WaitFn("the bot reply to quote the message", `(id) => { const q = document.querySelector('[data-testid="quote-' + id + '"]'); return q && q.textContent.includes('You'); }`, replyID)
 
 	// A chat action shows under the chat title while it lasts (5 s).
-	b.untilShown("the typing indicator", func() {
+	b.UntilShown("the typing indicator", func() {
 		if st, body := api.botCall(bot.Token, "sendChatAction", map[string]any{"chat_id": chatID, "action": "typing"}); st != http.StatusOK {
 			t.Fatalf("sendChatAction: HTTP %d %s", st, body)
 		}
@@ -127,63 +115,63 @@ func TestWebChat(t *testing.T) {
 
 	// Media from the bot: a photo shows inline, a document as a download.
 	photoID := api.botUpload(bot.Token, "sendPhoto", chatID, "photo", "chart.png", "image/png", testPNG(t, 48, 32), "the chart")
-	b.waitFn("the photo to load", `(sel) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth === 48; }`, testID("photo-"+photoID))
-	b.waitMessage("the photo's caption", "bot", "the chart")
+	b.WaitFn("the photo to load", `(sel) => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth === 48; }`, browser.TestID("photo-"+photoID))
+	b.WaitChatMessage("the photo's caption", "bot", "the chart")
 	docID := api.botUpload(bot.Token, "sendDocument", chatID, "document", "notes.txt", "text/plain", []byte("some notes"), "")
-	b.waitFn("the document", `(sel) => { const d = document.querySelector(sel); return d && d.textContent.includes('notes.txt'); }`, testID("document-"+docID))
+	b.WaitFn("the document", `(sel) => { const d = document.querySelector(sel); return d && d.textContent.includes('notes.txt'); }`, browser.TestID("document-"+docID))
 
-	if b.eval(`String(window.__notReloaded === true)`) != "true" {
+	if b.Eval(`String(window.__notReloaded === true)`) != "true" {
 		t.Fatal("the page reloaded to show the bot's messages")
 	}
-	b.screenshot("webchat.png")
+	b.Screenshot("webchat.png")
 
 	// Reply to the bot's message.
-	b.do("reply to the bot", chromedp.Click(chromedp.CSS(testID("reply-"+replyID))))
-	b.do("the reply banner", chromedp.WaitVisible(chromedp.ID("reply-banner")))
-	b.do("send the reply",
+	b.Do("reply to the bot", chromedp.Click(chromedp.CSS(browser.TestID("reply-"+replyID))))
+	b.Do("the reply banner", chromedp.WaitVisible(chromedp.ID("reply-banner")))
+	b.Do("send the reply",
 		chromedp.SendKeys(chromedp.ID("composer-text"), "thanks, bot"),
 		chromedp.Click(chromedp.ID("send")),
 	)
-	thanksID := b.waitMessage("the reply", "user", "thanks, bot")
-	b.do("the reply banner to close", chromedp.WaitNotVisible(chromedp.ID("reply-banner")))
+	thanksID := b.WaitChatMessage("the reply", "user", "thanks, bot")
+	b.Do("the reply banner to close", chromedp.WaitNotVisible(chromedp.ID("reply-banner")))
 	if m := find(api.messages(chatID), thanksID); m == nil || m.ReplyTo != replyID {
 		t.Fatalf("message %s should reply to %s: %+v", thanksID, replyID, m)
 	}
 
 	// Edit the first message.
-	b.do("edit the first message",
-		chromedp.Click(chromedp.CSS(testID("edit-"+helloID))),
+	b.Do("edit the first message",
+		chromedp.Click(chromedp.CSS(browser.TestID("edit-"+helloID))),
 		chromedp.WaitVisible(chromedp.ID("edit-banner")),
 		chromedp.SetValue(chromedp.ID("composer-text"), "hello, edited"),
 		chromedp.Click(chromedp.ID("send")),
 	)
-	b.waitFn("the edited text", `(sel) => { const n = document.querySelector(sel); return n && n.querySelector('.text').textContent === 'hello, edited' && !!n.querySelector('.edited'); }`, testID("msg-"+helloID))
+	b.WaitFn("the edited text", `(sel) => { const n = document.querySelector(sel); return n && n.querySelector('.text').textContent === 'hello, edited' && !!n.querySelector('.edited'); }`, browser.TestID("msg-"+helloID))
 	if m := find(api.messages(chatID), helloID); m == nil || m.Text != "hello, edited" {
 		t.Fatalf("the simulator did not take the edit of %s: %+v", helloID, m)
 	}
 
 	// A group with the bot.
-	b.do("open the group form", chromedp.Click(chromedp.CSS("#new-group summary")))
-	b.do("create a group",
+	b.Do("open the group form", chromedp.Click(chromedp.CSS("#new-group summary")))
+	b.Do("create a group",
 		chromedp.WaitVisible(chromedp.ID("group-title")),
 		chromedp.SendKeys(chromedp.ID("group-title"), "Lab notes"),
-		chromedp.Click(chromedp.CSS(testID("group-bot-"+bot.BotID))),
+		chromedp.Click(chromedp.CSS(browser.TestID("group-bot-"+bot.BotID))),
 		chromedp.Click(chromedp.ID("create-group")),
 	)
-	b.waitFn("the group to open", `() => document.getElementById('chat-title').textContent === 'Lab notes'`)
-	groupID := b.eval(`document.querySelector('#chat-list button.chat.active').dataset.chatId`)
-	b.do("write in the group",
+	b.WaitFn("the group to open", `() => document.getElementById('chat-title').textContent === 'Lab notes'`)
+	groupID := b.Eval(`document.querySelector('#chat-list button.chat.active').dataset.chatId`)
+	b.Do("write in the group",
 		chromedp.SendKeys(chromedp.ID("composer-text"), "@echo_bot ping"),
 		chromedp.Click(chromedp.ID("send")),
 	)
-	b.waitMessage("the group message", "user", "@echo_bot ping")
+	b.WaitChatMessage("the group message", "user", "@echo_bot ping")
 	api.botSend(bot.Token, map[string]any{"chat_id": groupID, "text": "pong from the group"})
-	b.waitMessage("the bot's group message", "bot", "pong from the group")
+	b.WaitChatMessage("the bot's group message", "bot", "pong from the group")
 
 	// Back to the private chat, and block the bot there.
-	b.do("reopen the private chat", chromedp.Click(chromedp.CSS(testID("chat-"+chatID))))
-	b.waitMessage("the private transcript", "bot", pong)
-	b.do("block the bot",
+	b.Do("reopen the private chat", chromedp.Click(chromedp.CSS(browser.TestID("chat-"+chatID))))
+	b.WaitChatMessage("the private transcript", "bot", pong)
+	b.Do("block the bot",
 		chromedp.Click(chromedp.ID("block-bot")),
 		chromedp.WaitVisible(chromedp.ID("chat-closed")),
 		chromedp.WaitNotVisible(chromedp.ID("composer")),
@@ -192,32 +180,32 @@ func TestWebChat(t *testing.T) {
 	if status != http.StatusForbidden || !strings.Contains(string(body), "BOT_BLOCKED") {
 		t.Fatalf("sendMessage to a user who blocked the bot: HTTP %d %s, want 403 BOT_BLOCKED", status, body)
 	}
-	b.do("start the bot again",
+	b.Do("start the bot again",
 		chromedp.Click(chromedp.ID("restart-bot")),
 		chromedp.WaitVisible(chromedp.ID("composer-text")),
 		chromedp.WaitNotVisible(chromedp.ID("chat-closed")),
 	)
 	api.botSend(bot.Token, map[string]any{"chat_id": chatID, "text": "welcome back"})
-	b.waitMessage("the bot's message after the restart", "bot", "welcome back")
+	b.WaitChatMessage("the bot's message after the restart", "bot", "welcome back")
 
 	// The same page on a phone-sized screen.
-	b.do("shrink to a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
-	b.do("the chat fits the phone", chromedp.WaitVisible(chromedp.ID("composer-text")))
-	b.screenshot("webchat-phone.png")
-	b.do("back to the list on the phone",
+	b.Do("shrink to a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
+	b.Do("the chat fits the phone", chromedp.WaitVisible(chromedp.ID("composer-text")))
+	b.Screenshot("webchat-phone.png")
+	b.Do("back to the list on the phone",
 		chromedp.Click(chromedp.ID("back")),
 		chromedp.WaitVisible(chromedp.ID("bot-list")),
 		chromedp.WaitNotVisible(chromedp.ID("chat-view")),
 	)
-	b.screenshot("webchat-phone-list.png")
-	b.noExceptions()
+	b.Screenshot("webchat-phone-list.png")
+	b.NoExceptions()
 }
 
 // TestWebChatAdminToken checks the page against a simulator guarded by an
 // admin token: without it the page says what is missing; with ?admin_token=
 // it works, and the token leaves the address bar.
 func TestWebChatAdminToken(t *testing.T) {
-	requireChromium(t)
+	browser.Require(t)
 	const admin = "web-admin-secret"
 	srv := httptest.NewServer(sim.New(sim.Options{AdminToken: admin}))
 	t.Cleanup(srv.Close)
@@ -227,39 +215,27 @@ func TestWebChatAdminToken(t *testing.T) {
 	}
 	api.do(http.MethodPost, "/sim/bots", map[string]any{"handle": "guarded_bot", "display_name": "Guarded"}, &bot)
 
-	b := startBrowser(t)
-	b.do("open the page without the token", chromedp.Navigate(srv.URL+"/"))
-	b.waitFn("the page to ask for the token", `() => document.getElementById('status').textContent.includes('admin token')`)
-	if n := b.eval(`String(document.querySelectorAll('#bot-list li').length)`); n != "0" {
+	b := browser.New(t)
+	b.Do("open the page without the token", chromedp.Navigate(srv.URL+"/"))
+	b.WaitFn("the page to ask for the token", `() => document.getElementById('status').textContent.includes('admin token')`)
+	if n := b.Eval(`String(document.querySelectorAll('#bot-list li').length)`); n != "0" {
 		t.Fatalf("without the admin token the page lists %s bots", n)
 	}
 
-	b.do("open the page with the token", chromedp.Navigate(srv.URL+"/?admin_token="+admin))
-	b.waitFn("the bot list", `(sel) => !!document.querySelector(sel)`, testID("bot-"+bot.BotID))
-	if u := b.eval(`location.href`); strings.Contains(u, admin) {
+	b.Do("open the page with the token", chromedp.Navigate(srv.URL+"/?admin_token="+admin))
+	b.WaitFn("the bot list", `(sel) => !!document.querySelector(sel)`, browser.TestID("bot-"+bot.BotID))
+	if u := b.Eval(`location.href`); strings.Contains(u, admin) {
 		t.Fatalf("the admin token stayed in the address bar: %s", u)
 	}
 	// Writes carry the token too.
-	b.waitFn("the New user form to be open", `() => document.getElementById('new-user').open`)
-	b.do("create a user",
+	b.WaitFn("the New user form to be open", `() => document.getElementById('new-user').open`)
+	b.Do("create a user",
 		chromedp.SendKeys(chromedp.ID("new-user-name"), "Grace Hopper"),
 		chromedp.Click(chromedp.ID("create-user")),
 	)
-	b.waitFn("the new user to be picked",
+	b.WaitFn("the new user to be picked",
 		`() => document.getElementById('current-user').textContent.includes('Grace Hopper')`)
-	b.noExceptions()
-}
-
-// requireChromium skips the test (fails it under CI) when there is no Chromium.
-func requireChromium(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat(chromiumPath); err != nil {
-		if ci := os.Getenv("CI"); ci != "" && ci != "false" && ci != "0" {
-			t.Fatalf("CI: %s is missing (%v); run deploy/dev/chromium.sh (make services)", chromiumPath, err)
-		}
-		t.Skipf("SKIPPING the web chat browser test: %s is missing (%v). "+
-			"Install it with `bash deploy/dev/chromium.sh` (part of `make services`).", chromiumPath, err)
-	}
+	b.NoExceptions()
 }
 
 // testPNG is a w×h PNG in two colours.
@@ -280,286 +256,6 @@ func testPNG(t *testing.T, w, h int) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
-}
-
-// testID is the CSS selector of an element by its data-testid.
-func testID(id string) string { return fmt.Sprintf("[data-testid=%q]", id) }
-
-// ---- the browser ----
-
-type browser struct {
-	t   *testing.T
-	ctx context.Context
-
-	mu      sync.Mutex
-	console []chromedp.ConsoleMessage // what the page wrote to its console
-}
-
-// startBrowser starts a headless Chromium with a fresh profile and makes sure,
-// at cleanup, that no process of it is left.
-func startBrowser(t *testing.T) *browser {
-	t.Helper()
-	profile, err := os.MkdirTemp("", "webchat-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(profile),
-		chromedp.WindowSize(1200, 800),
-	}
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelCtx := chromedp.NewContext(allocCtx)
-	b := &browser{t: t, ctx: ctx}
-	consoleDone := make(chan struct{})
-	t.Cleanup(func() {
-		done, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if err := chromedp.Cancel(done); err != nil && !errors.Is(err, context.Canceled) {
-			t.Logf("closing the browser: %v", err)
-		}
-		cancelCtx()
-		cancelAlloc() // waits for the browser process to be reaped
-		<-consoleDone
-		if left := processesUsing(profile, 10*time.Second); len(left) > 0 {
-			t.Errorf("browser processes left behind: %v (killed)", left)
-		}
-		if err := os.RemoveAll(profile); err != nil {
-			t.Errorf("removing the browser profile: %v", err)
-		}
-	})
-	// The first run starts the browser; it lives as long as ctx.
-	if err := chromedp.Do(ctx); err != nil {
-		close(consoleDone)
-		t.Fatalf("starting %s: %v", chromiumPath, err)
-	}
-	console := chromedp.Console(ctx)
-	go func() {
-		defer close(consoleDone)
-		for m, err := range console {
-			if err != nil {
-				return // the browser is closing
-			}
-			b.mu.Lock()
-			b.console = append(b.console, m)
-			b.mu.Unlock()
-		}
-	}()
-	return b
-}
-
-// noExceptions fails the test if the page threw an exception nothing caught.
-func (b *browser) noExceptions() {
-	b.t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, m := range b.console {
-		if m.IsException() {
-			b.t.Errorf("the page threw: %s (%s:%d)", m.Text, m.URL, m.Line)
-		}
-	}
-}
-
-// processesUsing waits up to limit for every process whose command line names
-// the profile directory to exit, then kills and returns the ones that did not.
-func processesUsing(profile string, limit time.Duration) []int {
-	want := []byte("--user-data-dir=" + profile)
-	find := func() []int {
-		entries, err := os.ReadDir("/proc")
-		if err != nil {
-			return nil
-		}
-		var pids []int
-		for _, e := range entries {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-			if err == nil && bytes.Contains(cmd, want) {
-				pids = append(pids, pid)
-			}
-		}
-		return pids
-	}
-	deadline := time.Now().Add(limit)
-	for {
-		pids := find()
-		if len(pids) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			for _, pid := range pids {
-				if p, err := os.FindProcess(pid); err == nil {
-					_ = p.Kill()
-				}
-			}
-			return pids
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// do runs browser steps, failing the test (with a screenshot) on error.
-func (b *browser) do(what string, steps ...chromedp.Action[chromedp.Void]) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
-	defer cancel()
-	if err := chromedp.Do(ctx, steps...); err != nil {
-		b.fail(what, err)
-	}
-}
-
-// waitFn waits until the JavaScript function fn, called with args, returns a
-// truthy value.
-func (b *browser) waitFn(what, fn string, args ...any) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
-	defer cancel()
-	_, err := chromedp.Run(ctx, chromedp.PollFunction[chromedp.Void](fn,
-		chromedp.WithPollingInterval(25*time.Millisecond),
-		chromedp.WithPollingTimeout(0), // ctx bounds it
-		chromedp.WithPollingArgs(args...)))
-	if err != nil {
-		b.fail("waiting for "+what, err)
-	}
-}
-
-// untilShown calls trigger until the JavaScript function fn returns a truthy
-// value: for states that expire, such as a chat action, so a slow machine only
-// needs more rounds.
-func (b *browser) untilShown(what string, trigger func(), fn string) {
-	b.t.Helper()
-	deadline := time.Now().Add(stepTimeout)
-	for {
-		trigger()
-		ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
-		_, err := chromedp.Run(ctx, chromedp.PollFunction[chromedp.Void](fn,
-			chromedp.WithPollingInterval(25*time.Millisecond),
-			chromedp.WithPollingTimeout(2*time.Second)))
-		cancel()
-		if err == nil {
-			return
-		}
-		if !errors.Is(err, chromedp.ErrPollingTimeout) || time.Now().After(deadline) {
-			b.fail("waiting for "+what, err)
-		}
-	}
-}
-
-// waitMessage waits for a transcript entry from kind ("user" or "bot") with
-// exactly this text and returns its message id.
-func (b *browser) waitMessage(what, kind, text string) string {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
-	defer cancel()
-	id, err := chromedp.Run(ctx, chromedp.PollFunction[string](`(kind, text) => {
-		for (const li of document.querySelectorAll('#transcript li.msg')) {
-			const t = li.querySelector('.text');
-			if (li.dataset.fromKind === kind && t && t.textContent === text) return li.dataset.messageId;
-		}
-		return false;
-	}`, chromedp.WithPollingInterval(25*time.Millisecond), chromedp.WithPollingTimeout(0), chromedp.WithPollingArgs(kind, text)))
-	if err != nil {
-		b.fail("waiting for "+what, err)
-	}
-	if id == "" {
-		b.fail("waiting for "+what, errors.New("the message has no data-message-id"))
-	}
-	return id
-}
-
-// eval evaluates a JavaScript expression that yields a string.
-func (b *browser) eval(expr string) string {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
-	defer cancel()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
-	if err != nil {
-		b.fail("evaluating "+expr, err)
-	}
-	return v
-}
-
-// screenshot saves a PNG of the viewport into the artifacts folder.
-func (b *browser) screenshot(name string) string {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, stepTimeout)
-	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
-	if err != nil {
-		b.t.Fatalf("screenshot %s: %v", name, err)
-	}
-	dir := artifactsDir(b.t)
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, png, 0o644); err != nil {
-		b.t.Fatalf("saving the screenshot: %v", err)
-	}
-	b.t.Logf("screenshot: %s", p)
-	return p
-}
-
-// fail records what the page showed, with a screenshot, and stops the test.
-func (b *browser) fail(what string, err error) {
-	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 15*time.Second)
-	defer cancel()
-	b.mu.Lock()
-	for _, m := range b.console {
-		b.t.Logf("page console: %s", m)
-	}
-	b.mu.Unlock()
-	if status, e := chromedp.Run(ctx, chromedp.Evaluate[string](
-		`(document.getElementById('status') || {}).textContent || ''`)); e == nil && status != "" {
-		b.t.Logf("page status line: %s", status)
-	}
-	if png, e := chromedp.Run(ctx, chromedp.CaptureScreenshot()); e == nil {
-		p := filepath.Join(artifactsDir(b.t), "webchat-failure.png")
-		if os.WriteFile(p, png, 0o644) == nil {
-			b.t.Logf("failure screenshot: %s", p)
-		}
-	}
-	b.t.Fatalf("%s: %v", what, err)
-}
-
-// artifactsDir is $AGENTRUNNER_TEST_ARTIFACTS, or test-artifacts/ at the repo root.
-func artifactsDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("AGENTRUNNER_TEST_ARTIFACTS")
-	if dir == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			t.Fatal(err)
-		}
-		root := wd
-		for {
-			if _, err := os.Stat(filepath.Join(root, "go.mod")); err == nil {
-				break
-			}
-			up := filepath.Dir(root)
-			if up == root {
-				root = wd
-				break
-			}
-			root = up
-		}
-		dir = filepath.Join(root, "test-artifacts")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatalf("artifacts folder: %v", err)
-	}
-	return dir
 }
 
 // ---- the control API and the Bot API, plain net/http ----

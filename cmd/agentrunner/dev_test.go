@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
+	"buko.app/agentrunner/buko/sim/web/browser"
 	"buko.app/agentrunner/migrations/pgtest"
 )
 
@@ -206,6 +209,18 @@ func TestDevEndToEnd(t *testing.T) {
 	if strings.Contains(out.String(), strings.TrimSpace(string(tok))) {
 		t.Fatal("dev printed its admin token")
 	}
+
+	// What a person sees: the simulator page and the status page in a real
+	// browser (skipped without Chromium, failed then under CI).
+	t.Run("browser", func(t *testing.T) {
+		devBrowser(t, sim, "http://"+adminAddr, strings.TrimSpace(string(tok)), chats[devEchoHandle][1])
+	})
+	select {
+	case err := <-exited:
+		stopped = true
+		t.Fatalf("dev exited: %v", err)
+	default:
+	}
 	pause := func(token string) int {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/api/v1/bots/"+chats[devEchoHandle][0]+"/pause", nil)
 		if token != "" {
@@ -249,4 +264,48 @@ func TestDevEndToEnd(t *testing.T) {
 	if b, err := exec.Command("pgrep", "-f", filepath.Join(dir, "data")).Output(); err == nil && len(bytes.TrimSpace(b)) > 0 {
 		t.Errorf("processes left behind using the data folder: %s", b)
 	}
+}
+
+// devBrowser checks in headless Chromium what `make dev` promises a person: on
+// the simulator page at simURL the seeded Demo User's chat with @echo_bot
+// (echoChat) gets the echo bot's reply to a typed message, and the status page
+// at adminURL, signed in with dev's admin token, lists both demo bots as live.
+// It saves the screenshots dev-chat.png and dev-status.png.
+func devBrowser(t *testing.T, simURL, adminURL, token, echoChat string) {
+	b := browser.New(t)
+	b.Do("open the simulator page", chromedp.Navigate(simURL+"/"))
+	b.WaitFn("the page to start", `() => document.body.dataset.ready === 'true'`)
+	userID := b.WaitString("the Demo User in the user list", `(name) => {
+		const o = [...document.querySelectorAll('#user-select option')].find(o => o.textContent.startsWith(name));
+		return o ? o.value : false;
+	}`, devUserName)
+	b.Do("pick the Demo User", chromedp.SetValue(chromedp.ID("user-select"), userID))
+	b.WaitFn("the Demo User to be picked",
+		`(name) => document.getElementById('current-user').textContent.includes(name)`, devUserName)
+
+	chat := browser.TestID("chat-" + echoChat)
+	b.WaitFn("the chat with @echo_bot in the chat list", `(sel) => !!document.querySelector(sel)`, chat)
+	b.Do("open the chat with @echo_bot",
+		chromedp.Click(chromedp.CSS(chat)),
+		chromedp.WaitVisible(chromedp.ID("composer-text")),
+	)
+	b.WaitFn("the chat to be the open one",
+		`(sel) => document.querySelector(sel).classList.contains('active')`, chat)
+
+	const text = "hello from the browser"
+	b.Do("type and send a message",
+		chromedp.SendKeys(chromedp.ID("composer-text"), text),
+		chromedp.Click(chromedp.ID("send")),
+	)
+	b.WaitChatMessage("the sent message", "user", text)
+	reply := b.WaitChatMessage("the echo bot's reply", "bot", text)
+	b.WaitFn("the reply to quote the sent message", `(id, text) => {
+		const q = document.querySelector('[data-testid="quote-' + id + '"]');
+		return q && q.textContent.includes(text);
+	}`, reply, text)
+	b.Screenshot("dev-chat.png")
+
+	b.SignIn(adminURL, token)
+	b.WaitBotStates(adminURL, map[string]string{devEchoHandle: "live", devHTTPHandle: "live"})
+	b.Screenshot("dev-status.png")
 }

@@ -180,8 +180,16 @@
     sel.value = userById(state.userId) ? state.userId : '';
     const me = userById(state.userId);
     $('current-user').textContent = me ? 'Chatting as ' + userLabel(me) + '.' : 'No user picked.';
-    // Nobody to chat as yet: the first thing to do is to make someone.
-    if (!state.users.length) $('new-user').open = true;
+    // Nobody to chat as yet: the first thing to do is to make someone. The
+    // form opened that way closes again once users exist (the first render
+    // may come before the user list has loaded); one opened by hand stays.
+    const form = $('new-user');
+    if (!state.users.length) {
+      if (!form.open) { form.open = true; state.newUserAuto = true; }
+    } else if (state.newUserAuto) {
+      form.open = false;
+      state.newUserAuto = false;
+    }
     renderGroupChoices();
   }
 
