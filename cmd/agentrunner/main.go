@@ -73,6 +73,7 @@ a flag given on the command line wins.`,
 		newWorkerCmd(g),
 		newCodecCmd(g),
 		newDevCmd(g),
+		newBenchCmd(g),
 	)
 	return root
 }
