@@ -5,7 +5,6 @@ package main
 // (`bench echo`), and a capacity check of a simulator process (`bench gateway`).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -31,6 +30,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/vault"
 )
 
 // benchCommon are the flags every bench subcommand shares.
@@ -100,14 +100,11 @@ func (bc *benchCommon) validate(cmd *cobra.Command) (*simControl, bool, error) {
 	}
 	sc := &simControl{base: strings.TrimRight(u.String(), "/")}
 	if bc.adminTokenFile != "" {
-		b, err := os.ReadFile(bc.adminTokenFile)
+		tok, err := readTokenFile("--admin-token-file", bc.adminTokenFile)
 		if err != nil {
-			return nil, false, usageError{fmt.Errorf("--admin-token-file: %w", err)}
+			return nil, false, err
 		}
-		sc.adminToken = strings.TrimSpace(string(b))
-		if sc.adminToken == "" {
-			return nil, false, usageError{fmt.Errorf("--admin-token-file %s is empty", bc.adminTokenFile)}
-		}
+		sc.adminToken = tok
 	}
 	return sc, bar, nil
 }
@@ -135,118 +132,6 @@ func finishBar(w io.Writer, bar *progressbar.ProgressBar) {
 }
 
 // ---- the simulator's control API ----
-
-// simControl calls the simulator's control API.
-type simControl struct {
-	base       string
-	adminToken string
-	hc         *http.Client
-}
-
-// simCallError is a control-API call the simulator answered with 4xx/5xx.
-type simCallError struct {
-	Call        string // "POST /sim/users"
-	Status      int
-	Code        string
-	Description string
-}
-
-func (e *simCallError) Error() string {
-	msg := fmt.Sprintf("simulator %s: HTTP %d", e.Call, e.Status)
-	if e.Code != "" {
-		msg += " " + e.Code
-	}
-	if e.Description != "" {
-		msg += ": " + e.Description
-	}
-	if e.Status == http.StatusUnauthorized {
-		msg += " (a guarded simulator: pass --admin-token-file)"
-	}
-	return msg
-}
-
-func (sc *simControl) client(conns int) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = conns + 4
-	sc.hc = &http.Client{Transport: tr, Timeout: 30 * time.Second}
-}
-
-func (sc *simControl) close() {
-	if sc.hc != nil {
-		sc.hc.CloseIdleConnections()
-	}
-}
-
-// call sends one control-API request; in (if not nil) is the JSON body, out
-// (if not nil) receives the JSON answer.
-func (sc *simControl) call(ctx context.Context, method, path string, in, out any) error {
-	name := method + " " + path
-	if i := strings.IndexByte(name, '?'); i >= 0 {
-		name = name[:i]
-	}
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("simulator %s: %w", name, err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, sc.base+path, body)
-	if err != nil {
-		return fmt.Errorf("simulator %s: %w", name, err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if sc.adminToken != "" {
-		req.Header.Set("Authorization", "Bearer "+sc.adminToken)
-	}
-	resp, err := sc.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("simulator %s: %w", name, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("simulator %s: reading the answer: %w", name, err)
-	}
-	if resp.StatusCode >= 400 {
-		ce := &simCallError{Call: name, Status: resp.StatusCode}
-		var env buko.Envelope
-		if json.Unmarshal(data, &env) == nil {
-			ce.Code, ce.Description = env.Code, sanitizeForTerminal(env.Description, 200)
-		}
-		if ce.Code == "" && ce.Description == "" && resp.StatusCode == http.StatusNotFound {
-			ce.Description = "not found (is --sim-url a Buko simulator?)"
-		}
-		return ce
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("simulator %s: HTTP %d with an answer that is not the expected JSON (is --sim-url a Buko simulator?): %w", name, resp.StatusCode, err)
-	}
-	return nil
-}
-
-// sanitizeForTerminal keeps printable characters of s, at most n runes.
-func sanitizeForTerminal(s string, n int) string {
-	var b strings.Builder
-	for _, r := range s {
-		if n == 0 {
-			b.WriteString("…")
-			break
-		}
-		if r < 0x20 || r == 0x7f {
-			r = ' '
-		}
-		b.WriteRune(r)
-		n--
-	}
-	return b.String()
-}
 
 func (sc *simControl) stats(ctx context.Context) (sim.Stats, error) {
 	var st sim.Stats
@@ -615,12 +500,6 @@ type gatewayResult struct {
 	SetupUpdatesDelivered int64   `json:"setup_updates_delivered"` // my_chat_member and /start of each chat
 }
 
-// benchToken is a bot token held for the Gateway dial; it prints redacted.
-type benchToken struct{ s string }
-
-func (t benchToken) Reveal() string { return t.s }
-func (t benchToken) String() string { return "[redacted]" }
-
 // benchSocket is one Gateway socket of bench gateway.
 type benchSocket struct {
 	conn   *websocket.Conn
@@ -693,7 +572,7 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 	if err := sc.call(ctx, http.MethodPost, "/sim/users", map[string]any{"display_name": "bench gateway " + run}, &user); err != nil {
 		return nil, err
 	}
-	tokens := make([]benchToken, nBots)
+	tokens := make([]vault.Token, nBots)
 	botIDs := make([]string, nBots)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(producers)
@@ -703,7 +582,11 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 			if err := sc.call(gctx, http.MethodPost, "/sim/bots", map[string]any{"display_name": fmt.Sprintf("bench gateway %s bot %d", run, i+1)}, &cb); err != nil {
 				return err
 			}
-			tokens[i], botIDs[i] = benchToken{cb.Token}, cb.BotID
+			tok, err := vault.ParseToken(cb.Token)
+			if err != nil {
+				return fmt.Errorf("simulator POST /sim/bots: %w", err)
+			}
+			tokens[i], botIDs[i] = tok, cb.BotID
 			return nil
 		})
 	}
@@ -713,7 +596,7 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 
 	// Memory of this process before any socket, then open them all.
 	heap0, stack0, gor0 := memNow()
-	wsURL := "ws" + strings.TrimPrefix(sc.base, "http") + "/bot/ws"
+	wsURL := buko.NewClient(sc.base, nil).GatewayURL()
 	socks := make([]*benchSocket, nBots)
 	var delivered, setupSeen atomic.Int64
 	sockCtx, stopSocks := context.WithCancel(ctx)

@@ -91,3 +91,18 @@ func applyEnv(cmd *cobra.Command) error {
 	cmd.InheritedFlags().VisitAll(visit)
 	return firstErr
 }
+
+// readTokenFile reads a bearer token from the file a flag names, trimmed of
+// surrounding space; an unreadable or empty file is a usage error naming the
+// flag (never the token).
+func readTokenFile(flag, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", usageError{fmt.Errorf("%s: %w", flag, err)}
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", usageError{fmt.Errorf("%s %s is empty", flag, path)}
+	}
+	return tok, nil
+}

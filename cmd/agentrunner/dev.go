@@ -7,7 +7,6 @@ package main
 // bots and user. Ctrl-C stops everything.
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -455,8 +454,9 @@ func seedDev(ctx context.Context, log zerolog.Logger, f *devFlags, ci vault.Ciph
 	defer pool.Close()
 	store := vault.NewStore(pool, ci, log, nil)
 	reg := runner.NewRegistry(runner.RegistryConfig{Pool: pool, Store: store, Buko: buko.NewClient(apiURL, nil), Logger: log})
-	hc := &http.Client{Timeout: 10 * time.Second}
-	call := func(path string, in, out any) error { return simCall(ctx, hc, apiURL, path, in, out) }
+	sc := &simControl{base: apiURL, hc: &http.Client{Timeout: 10 * time.Second}}
+	defer sc.close()
+	call := func(path string, in, out any) error { return sc.call(ctx, http.MethodPost, path, in, out) }
 
 	var user struct {
 		UserID string `json:"user_id"`
@@ -509,35 +509,6 @@ func seedDev(ctx context.Context, log zerolog.Logger, f *devFlags, ci vault.Ciph
 		log.Info().Str("bot_id", created.BotID).Str("handle", b.handle).Str("agent", b.agent).Msg("demo bot seeded")
 	}
 	return chats, nil
-}
-
-// simCall makes one control API call of the simulator.
-func simCall(ctx context.Context, hc *http.Client, base, path string, in, out any) error {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("simulator %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("simulator %s: %s", path, resp.Status)
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("simulator %s: %w", path, err)
-	}
-	return nil
 }
 
 func printDevBanner(w io.Writer, apiURL string, f *devFlags, chats []devChat, external bool) {

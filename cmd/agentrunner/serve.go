@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -178,12 +177,8 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 
 	adminToken := ""
 	if f.adminTokenFile != "" {
-		b, err := os.ReadFile(f.adminTokenFile)
-		if err != nil {
-			return usageError{fmt.Errorf("--admin-token-file: %w", err)}
-		}
-		if adminToken = strings.TrimSpace(string(b)); adminToken == "" {
-			return usageError{fmt.Errorf("--admin-token-file %s is empty", f.adminTokenFile)}
+		if adminToken, err = readTokenFile("--admin-token-file", f.adminTokenFile); err != nil {
+			return err
 		}
 	}
 	var ready []runner.ReadyCheck

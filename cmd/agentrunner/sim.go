@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -40,14 +38,11 @@ The decisions the simulator makes where Buko's docs are silent are in docs/simul
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts := sim.Options{Logger: g.log.With().Str("component", "sim").Logger()}
 			if adminTokenFile != "" {
-				b, err := os.ReadFile(adminTokenFile)
+				tok, err := readTokenFile("--admin-token-file", adminTokenFile)
 				if err != nil {
-					return usageError{fmt.Errorf("--admin-token-file: %w", err)}
+					return err
 				}
-				opts.AdminToken = strings.TrimSpace(string(b))
-				if opts.AdminToken == "" {
-					return usageError{fmt.Errorf("--admin-token-file %s is empty", adminTokenFile)}
-				}
+				opts.AdminToken = tok
 			}
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
