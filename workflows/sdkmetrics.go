@@ -141,52 +141,46 @@ func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, bool) 
 }
 
 func (s *sdkMetrics) counterVec(name string) *prometheus.CounterVec {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v, ok := s.counters[name]; ok {
-		return v
-	}
-	var v *prometheus.CounterVec
-	if n := promName(name, "_total"); n != "" {
-		v, _ = register(s.reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: n, Help: "Temporal SDK counter " + name + ".",
-		}, sdkLabels()))
-	}
-	s.counters[name] = v // nil: not forwarded (and not tried again)
-	return v
+	return lazyVec(s, s.counters, name, "_total", func(n string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: n, Help: "Temporal SDK counter " + name + "."}, sdkLabels())
+	})
 }
 
 func (s *sdkMetrics) gaugeVec(name string) *prometheus.GaugeVec {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v, ok := s.gauges[name]; ok {
-		return v
-	}
-	var v *prometheus.GaugeVec
-	if n := promName(name, ""); n != "" {
-		v, _ = register(s.reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: n, Help: "Temporal SDK gauge " + name + ".",
-		}, sdkLabels()))
-	}
-	s.gauges[name] = v
-	return v
+	return lazyVec(s, s.gauges, name, "", func(n string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: n, Help: "Temporal SDK gauge " + name + "."}, sdkLabels())
+	})
 }
 
 func (s *sdkMetrics) timerVec(name string) *prometheus.HistogramVec {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v, ok := s.timers[name]; ok {
-		return v
-	}
-	var v *prometheus.HistogramVec
-	if n := promName(name, "_seconds"); n != "" {
-		v, _ = register(s.reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+	return lazyVec(s, s.timers, name, "_seconds", func(n string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    n,
 			Help:    "Temporal SDK timer " + name + ".",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
-		}, sdkLabels()))
+		}, sdkLabels())
+	})
+}
+
+// lazyVec returns the vector forwarding SDK metric name, registering it (as
+// its Prometheus name with suffix) on first use. nil means not forwarded; that
+// answer is cached too, so a refused name is not tried again.
+func lazyVec[V interface {
+	prometheus.Collector
+	*prometheus.CounterVec | *prometheus.GaugeVec | *prometheus.HistogramVec
+}](
+	s *sdkMetrics, cache map[string]V, name, suffix string, mk func(promName string) V,
+) V {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := cache[name]; ok {
+		return v
 	}
-	s.timers[name] = v
+	var v V
+	if n := promName(name, suffix); n != "" {
+		v, _ = register(s.reg, mk(n))
+	}
+	cache[name] = v
 	return v
 }
 

@@ -97,40 +97,27 @@ func DefaultSettings() Settings {
 	}
 }
 
-// withDefaults fills zero fields.
+// withDefaults fills zero (or negative) fields.
 func (s Settings) withDefaults() Settings {
 	d := DefaultSettings()
-	if s.IdleTimeout <= 0 {
-		s.IdleTimeout = d.IdleTimeout
-	}
-	if s.MaxHistoryEvents <= 0 {
-		s.MaxHistoryEvents = d.MaxHistoryEvents
-	}
-	if s.MaxUpdatesPerRun <= 0 {
-		s.MaxUpdatesPerRun = d.MaxUpdatesPerRun
-	}
-	if s.MemoryTurns <= 0 {
-		s.MemoryTurns = d.MemoryTurns
-	}
-	if s.MemoryChars <= 0 {
-		s.MemoryChars = d.MemoryChars
-	}
-	if s.AgentTimeout <= 0 {
-		s.AgentTimeout = d.AgentTimeout
-	}
-	if s.SendTimeout <= 0 {
-		s.SendTimeout = d.SendTimeout
-	}
-	if s.RetryInitial <= 0 {
-		s.RetryInitial = d.RetryInitial
-	}
-	if s.RetryMax <= 0 {
-		s.RetryMax = d.RetryMax
-	}
-	if s.GiveUpAfter <= 0 {
-		s.GiveUpAfter = d.GiveUpAfter
-	}
+	orDefault(&s.IdleTimeout, d.IdleTimeout)
+	orDefault(&s.MaxHistoryEvents, d.MaxHistoryEvents)
+	orDefault(&s.MaxUpdatesPerRun, d.MaxUpdatesPerRun)
+	orDefault(&s.MemoryTurns, d.MemoryTurns)
+	orDefault(&s.MemoryChars, d.MemoryChars)
+	orDefault(&s.AgentTimeout, d.AgentTimeout)
+	orDefault(&s.SendTimeout, d.SendTimeout)
+	orDefault(&s.RetryInitial, d.RetryInitial)
+	orDefault(&s.RetryMax, d.RetryMax)
+	orDefault(&s.GiveUpAfter, d.GiveUpAfter)
 	return s
+}
+
+// orDefault sets *v to d unless *v is positive.
+func orDefault[T int | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
 }
 
 // ChatInput starts (or continues) a chat workflow.
