@@ -212,7 +212,13 @@ func runDev(cmd *cobra.Command, g *globals, f *devFlags) error {
 	sf.bind(pflag.NewFlagSet("serve", pflag.ContinueOnError))
 	sf.db, sf.cipher, sf.temporal = f.db, f.cipher, f.temporal
 	sf.buko.apiURL = apiURL
-	sf.adminAddr = f.adminAddr
+	// Bound here, so the banner names the real address (--admin-addr may say port 0).
+	sf.adminLn, err = net.Listen("tcp", f.adminAddr)
+	if err != nil {
+		return fmt.Errorf("admin listener on %s (set --admin-addr or AGENTRUNNER_ADMIN_ADDR): %w", f.adminAddr, err)
+	}
+	defer sf.adminLn.Close() // serve closes it too; this covers an error before serve starts
+	sf.adminAddr = sf.adminLn.Addr().String()
 	if sf.adminTokenFile, err = ensureAdminToken(f.dataDir, log); err != nil {
 		return err
 	}
@@ -229,7 +235,7 @@ func runDev(cmd *cobra.Command, g *globals, f *devFlags) error {
 			return fmt.Errorf("seed demo bots: %w", err)
 		}
 	}
-	printDevBanner(out, apiURL, f, chats, external)
+	printDevBanner(out, apiURL, sf.adminAddr, f, chats, external)
 	return runServe(cmd, g, sf)
 }
 
@@ -347,10 +353,26 @@ func freePort(want int) (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// errTemporalExited means the Temporal child exited before it answered; most
+// often one of the ports picked for it was taken in the meantime.
+var errTemporalExited = errors.New("the Temporal dev server exited at start")
+
 // startDevTemporal starts `temporal server start-dev` persistent in the data
-// folder and waits until its default namespace answers. stop (non-nil once
-// the process started) ends it and waits for it.
+// folder and waits until its default namespace answers, trying other ports
+// when the child exits at start. stop (non-nil once a process started) ends it
+// and waits for it.
 func startDevTemporal(ctx context.Context, f *devFlags, log zerolog.Logger) (stop func(), addr string, err error) {
+	for attempt := 1; ; attempt++ {
+		stop, addr, err = startDevTemporalOnce(ctx, f, log)
+		if err == nil || !errors.Is(err, errTemporalExited) || attempt == 3 {
+			return stop, addr, err
+		}
+		stop()
+		log.Warn().Err(err).Int("attempt", attempt).Msg("retrying the Temporal dev server on other ports")
+	}
+}
+
+func startDevTemporalOnce(ctx context.Context, f *devFlags, log zerolog.Logger) (stop func(), addr string, err error) {
 	bin := f.temporalBin
 	if bin == "" {
 		if bin, err = exec.LookPath("temporal"); err != nil {
@@ -414,7 +436,7 @@ func startDevTemporal(ctx context.Context, f *devFlags, log zerolog.Logger) (sto
 		}
 		select {
 		case <-exited:
-			return stop, "", fmt.Errorf("the Temporal dev server exited at start (see %s)", logPath)
+			return stop, "", fmt.Errorf("%w (see %s)", errTemporalExited, logPath)
 		case <-ctx.Done():
 			return stop, "", ctx.Err()
 		case <-time.After(200 * time.Millisecond):
@@ -511,14 +533,14 @@ func seedDev(ctx context.Context, log zerolog.Logger, f *devFlags, ci vault.Ciph
 	return chats, nil
 }
 
-func printDevBanner(w io.Writer, apiURL string, f *devFlags, chats []devChat, external bool) {
+func printDevBanner(w io.Writer, apiURL, adminAddr string, f *devFlags, chats []devChat, external bool) {
 	fmt.Fprintf(w, "\nagentrunner dev is up\n")
 	if external {
 		fmt.Fprintf(w, "  Buko:        %s (BUKO_API_URL; nothing seeded)\n", apiURL)
 	} else {
 		fmt.Fprintf(w, "  chat here:   %s/  (simulator web chat: pick %q)\n", apiURL, devUserName)
 	}
-	fmt.Fprintf(w, "  look here:   http://%s/  (admin: status page, /healthz, /readyz, /metrics)\n", f.adminAddr)
+	fmt.Fprintf(w, "  look here:   http://%s/  (admin: status page, /healthz, /readyz, /metrics)\n", adminAddr)
 	fmt.Fprintf(w, "  admin token: %s  (page login; API: Authorization: Bearer $(cat that file))\n", adminTokenPath(f.dataDir))
 	fmt.Fprintf(w, "  Temporal:    %s (namespace %s, task queue %s)\n", f.temporal.address, f.temporal.namespace, f.temporal.taskQueue)
 	fmt.Fprintf(w, "  Postgres:    %s\n", redactURL(f.db.url))

@@ -23,17 +23,6 @@ import (
 	"buko.app/agentrunner/migrations/pgtest"
 )
 
-// testFreeAddr returns a free 127.0.0.1 address.
-func testFreeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // lockedBuf is an io.Writer several goroutines may write.
 type lockedBuf struct {
 	mu sync.Mutex
@@ -72,7 +61,6 @@ func TestDevEndToEnd(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	simAddr, adminAddr := testFreeAddr(t), testFreeAddr(t)
 	cmd := exec.Command(exe, "dev", "--temporal-port", "0")
 	var env []string
 	for _, kv := range os.Environ() {
@@ -87,8 +75,9 @@ func TestDevEndToEnd(t *testing.T) {
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"DATABASE_URL="+dsn,
 		"AGENTRUNNER_TEMPORAL_BIN="+bin,
-		"AGENTRUNNER_SIM_ADDR="+simAddr,
-		"AGENTRUNNER_ADMIN_ADDR="+adminAddr,
+		// Port 0: dev binds, then names the addresses in its banner.
+		"AGENTRUNNER_SIM_ADDR=127.0.0.1:0",
+		"AGENTRUNNER_ADMIN_ADDR=127.0.0.1:0",
 		"AGENTRUNNER_LOG_FORMAT=json",
 	)
 	out := &lockedBuf{}
@@ -131,6 +120,15 @@ func TestDevEndToEnd(t *testing.T) {
 			t.Fatal("no banner within 3 minutes")
 		}
 	}
+	banner := func(re string) string {
+		m := regexp.MustCompile(re).FindStringSubmatch(out.String())
+		if m == nil {
+			t.Fatalf("the banner has no match for %s", re)
+		}
+		return m[1]
+	}
+	simAddr := banner(`chat here:\s+http://(127\.0\.0\.1:\d+)/`)
+	adminAddr := banner(`look here:\s+http://(127\.0\.0\.1:\d+)/`)
 	m := regexp.MustCompile(`Temporal:\s+127\.0\.0\.1:(\d+)`).FindStringSubmatch(out.String())
 	if m == nil {
 		t.Fatal("the banner names no Temporal address")

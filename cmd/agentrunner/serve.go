@@ -43,6 +43,7 @@ type serveFlags struct {
 	gatewayURL        string
 	runnerID          string
 	adminAddr         string
+	adminLn           net.Listener // bound by the caller (dev) instead of adminAddr; not a flag
 	metricsAddr       string
 	adminTokenFile    string
 	handoff           string
@@ -229,9 +230,11 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 		}
 	}
 
-	ln, err := net.Listen("tcp", f.adminAddr)
-	if err != nil {
-		return fmt.Errorf("admin listener on %s: %w", f.adminAddr, err)
+	ln := f.adminLn
+	if ln == nil {
+		if ln, err = net.Listen("tcp", f.adminAddr); err != nil {
+			return fmt.Errorf("admin listener on %s: %w", f.adminAddr, err)
+		}
 	}
 	adminAddr := ln.Addr().String()
 

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -101,13 +101,6 @@ func TestServeFlagsHaveEnvironmentVariables(t *testing.T) {
 func TestServeInProcess(t *testing.T) {
 	env := runnertest.NewEnv(t, runnertest.EnvOptions{})
 	bots := env.AddBots(t, 3, "serve")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := ln.Addr().String()
-	_ = ln.Close()
-
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -121,10 +114,20 @@ func TestServeInProcess(t *testing.T) {
 		done <- serveRoot(ctx, []string{"serve", "--log-format", "json",
 			"--database-url", env.DSN, "--buko-api-url", env.SimURL,
 			"--cipher", "local", "--keyring", env.Keyring,
-			"--runner-id", "inproc", "--admin-addr", admin, "--lease-ttl", "3s",
+			"--runner-id", "inproc", "--admin-addr", "127.0.0.1:0", "--lease-ttl", "3s",
 			"--handoff", "postgres"}, out)
 	}()
+	// serve binds port 0 and logs the address it got.
+	adminRE := regexp.MustCompile(`"admin_addr":"http://(127\.0\.0\.1:\d+)"`)
+	admin := ""
 	get := func(path string) (int, string) {
+		if admin == "" {
+			m := adminRE.FindStringSubmatch(out.String())
+			if m == nil {
+				return 0, "serve has not logged its admin address yet"
+			}
+			admin = m[1]
+		}
 		resp, err := http.Get("http://" + admin + path)
 		if err != nil {
 			return 0, err.Error()
