@@ -311,14 +311,11 @@ func missingTool(t *testing.T, msg string) {
 
 func promtoolBin(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("AGENTRUNNER_PROMTOOL_BIN"); p != "" {
-		return p
+	p, err := Promtool()
+	if err != nil {
+		missingTool(t, err.Error())
 	}
-	if p, err := exec.LookPath("promtool"); err == nil {
-		return p
-	}
-	missingTool(t, "no promtool on PATH: run `bash deploy/dev/promtool.sh` (make services does) or set AGENTRUNNER_PROMTOOL_BIN")
-	return ""
+	return p
 }
 
 func runPromtool(t *testing.T, bin string, args ...string) {

@@ -1,6 +1,7 @@
 package helm
 
 import (
+	"buko.app/agentrunner/deploy"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -104,14 +105,11 @@ func helmBin(t *testing.T) string {
 
 func promtoolBin(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("AGENTRUNNER_PROMTOOL_BIN"); p != "" {
-		return p
+	p, err := deploy.Promtool()
+	if err != nil {
+		missingTool(t, "%s", err)
 	}
-	if p, err := exec.LookPath("promtool"); err == nil {
-		return p
-	}
-	missingTool(t, "no promtool on PATH: run `bash deploy/dev/promtool.sh` (make services does) or set AGENTRUNNER_PROMTOOL_BIN")
-	return ""
+	return p
 }
 
 // runHelm runs helm with private config/cache folders and returns stdout;

@@ -17,6 +17,28 @@ import (
 	"buko.app/agentrunner/runner/runnertest"
 )
 
+// startServe runs `agentrunner serve` in-process against env (database,
+// simulator, local keyring; admin on port 0, lease TTL 3 s) with extra flags,
+// logging JSON to out, which the test prints if it fails. cancel is the first
+// SIGTERM; done receives serve's result.
+func startServe(t *testing.T, env *runnertest.Env, extra ...string) (done <-chan error, out *serveLog, cancel context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	out = &serveLog{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("serve output:\n%s", out.String())
+		}
+	})
+	args := append([]string{"serve", "--log-format", "json",
+		"--database-url", env.DSN, "--buko-api-url", env.SimURL,
+		"--cipher", "local", "--keyring", env.Keyring,
+		"--admin-addr", "127.0.0.1:0", "--lease-ttl", "3s"}, extra...)
+	go func() { ch <- serveRoot(ctx, args, out) }()
+	return ch, out, cancel
+}
+
 // serveRoot runs the root command with args and returns its error.
 func serveRoot(ctx context.Context, args []string, out io.Writer) error {
 	root := newRootCmd()
@@ -101,22 +123,8 @@ func TestServeFlagsHaveEnvironmentVariables(t *testing.T) {
 func TestServeInProcess(t *testing.T) {
 	env := runnertest.NewEnv(t, runnertest.EnvOptions{})
 	bots := env.AddBots(t, 3, "serve")
-	ctx, cancel := context.WithCancel(context.Background())
+	done, out, cancel := startServe(t, env, "--runner-id", "inproc", "--handoff", "postgres")
 	defer cancel()
-	done := make(chan error, 1)
-	out := &serveLog{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("serve output:\n%s", out.String())
-		}
-	})
-	go func() {
-		done <- serveRoot(ctx, []string{"serve", "--log-format", "json",
-			"--database-url", env.DSN, "--buko-api-url", env.SimURL,
-			"--cipher", "local", "--keyring", env.Keyring,
-			"--runner-id", "inproc", "--admin-addr", "127.0.0.1:0", "--lease-ttl", "3s",
-			"--handoff", "postgres"}, out)
-	}()
 	// serve binds port 0 and logs the address it got.
 	adminRE := regexp.MustCompile(`"admin_addr":"http://(127\.0\.0\.1:\d+)"`)
 	admin := ""
@@ -214,23 +222,10 @@ func TestServeTemporalEndToEnd(t *testing.T) {
 	}
 	t.Setenv("BUKO_GATEWAY_URL", "ws"+strings.TrimPrefix(env.SimURL, "http")+"/bot/ws")
 
-	ctx, cancel := context.WithCancel(context.Background())
+	done, out, cancel := startServe(t, env, "--runner-id", "tmprl",
+		"--temporal-address", addr, "--temporal-task-queue", fmt.Sprintf("serve-e2e-%d", time.Now().UnixNano()),
+		"--payload-keys", keys)
 	defer cancel()
-	done := make(chan error, 1)
-	out := &serveLog{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("serve output:\n%s", out.String())
-		}
-	})
-	go func() {
-		done <- serveRoot(ctx, []string{"serve", "--log-format", "json",
-			"--database-url", env.DSN, "--buko-api-url", env.SimURL,
-			"--cipher", "local", "--keyring", env.Keyring,
-			"--runner-id", "tmprl", "--admin-addr", "127.0.0.1:0", "--lease-ttl", "3s",
-			"--temporal-address", addr, "--temporal-task-queue", fmt.Sprintf("serve-e2e-%d", time.Now().UnixNano()),
-			"--payload-keys", keys}, out)
-	}()
 
 	waitFor(t, done, 90*time.Second, "the bot to go live", func() bool {
 		live, _ := env.Live(t, runnertest.IDs(bots))

@@ -53,7 +53,7 @@ func TestFleetKill9LosesNothing(t *testing.T) {
 	}
 
 	snd := startSender(env, bots, "kill", 10*time.Millisecond)
-	time.Sleep(300 * time.Millisecond) // some traffic before the crash (not a synchronization)
+	snd.waitSent(t, 30, 60*time.Second) // some traffic before the crash
 	killed := time.Now()
 	b.kill9()
 	if err := b.wait(t, 30*time.Second); err == nil {
@@ -84,7 +84,7 @@ func TestFleetDrainLosesNothing(t *testing.T) {
 	waitFor(t, "shards balanced over a, b, c", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b", "c") })
 
 	snd := startSender(env, bots, "drain", 10*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
+	snd.waitSent(t, 30, 60*time.Second) // some traffic before the drain
 	termAt := time.Now()
 	b.term()
 	if err := b.wait(t, 60*time.Second); err != nil {
@@ -260,7 +260,7 @@ func TestFleetChaosLosesNothing(t *testing.T) {
 		"rest_5xx_rate": 0.1, "rest_429_rate": 0.1, "response_lost_rate": 0.05,
 	}, nil)
 	snd := startSender(env, bots, "chaos", 15*time.Millisecond)
-	time.Sleep(8 * time.Second) // traffic under chaos (the amount, not a synchronization)
+	snd.waitSent(t, 400, 3*time.Minute) // traffic under chaos: an amount, not a duration
 	sent := snd.finish(t)
 	env.Call(t, "PUT", "/sim/chaos", map[string]any{}, nil)
 	f.handedOffOnce(sent, 120*time.Second)

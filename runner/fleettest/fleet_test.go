@@ -389,6 +389,21 @@ func startSender(env *runnertest.Env, bots []runnertest.Bot, tag string, every t
 	return s
 }
 
+// waitSent waits until the sender has sent at least n messages, so a test
+// acts on an amount of traffic, whatever the machine's speed.
+func (s *sender) waitSent(t testing.TB, n int, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d messages sent", n), timeout, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		got := 0
+		for _, v := range s.sent {
+			got += len(v)
+		}
+		return got >= n
+	})
+}
+
 // finish stops the sender and returns what it sent.
 func (s *sender) finish(t testing.TB) map[string][]string {
 	t.Helper()

@@ -182,6 +182,7 @@ func TestHTTPAgentStatusClassification(t *testing.T) {
 func TestOpenAIAgent(t *testing.T) {
 	var got chatRequest
 	var auth string
+	var typed atomic.Int32
 	answer := strings.Repeat("word ", 2200) // 11000 chars → 3 messages
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/chat/completions" {
@@ -190,13 +191,15 @@ func TestOpenAIAgent(t *testing.T) {
 		}
 		auth = r.Header.Get("Authorization")
 		_ = json.NewDecoder(r.Body).Decode(&got)
-		time.Sleep(30 * time.Millisecond) // long enough for the typing indicator to fire
+		// Answer only once the agent has shown typing while it waits.
+		for deadline := time.Now().Add(30 * time.Second); typed.Load() == 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"choices": []any{map[string]any{"message": map[string]any{"role": "assistant", "content": answer}}}})
 	}))
 	defer srv.Close()
 	cfg := fmt.Sprintf(`{"base_url":%q,"model":"tiny","system_prompt":"be brief","api_key":"key","typing_interval":"10ms"}`, srv.URL+"/v1")
 	a := build(t, "openai", cfg, Env{Bot: Bot{ID: "b1"}, Secrets: mapSecrets{"b1/key": "sk-test"}})
-	var typed atomic.Int32
 	acts, err := a.Handle(context.Background(), Request{
 		Update: msgUpdate("7", "question"),
 		Memory: []Turn{{RoleUser, "q0"}, {RoleAssistant, "a0"}},
