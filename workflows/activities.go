@@ -21,6 +21,7 @@ import (
 // an input, a result or a log field.
 type Activities struct {
 	bots    BotDirectory
+	marks   ChatMarks // nil: no watermark beyond a workflow's life
 	tokens  Tokens
 	api     *buko.Client
 	pool    *agentPool
@@ -110,6 +111,37 @@ func (a *Activities) RunAgent(ctx context.Context, in AgentInput) (AgentOutput, 
 	}
 	a.metrics.agentCall(spec.Agent, "ok", time.Since(start))
 	return AgentOutput{Actions: actions}, nil
+}
+
+// LoadChatMark returns the chat's durable watermark ("" without one or
+// without a ChatMarks store). A local activity of a fresh chat workflow run.
+func (a *Activities) LoadChatMark(ctx context.Context, in ChatMarkInput) (buko.UpdateID, error) {
+	if a.marks == nil {
+		return "", nil
+	}
+	if in.BotID == "" || in.ChatID == "" {
+		return "", temporal.NewNonRetryableApplicationError("chat mark input needs bot_id and chat_id", ErrTypeBadInput, nil)
+	}
+	id, err := a.marks.LastHandled(ctx, in.BotID, in.ChatID)
+	if err != nil {
+		return "", fmt.Errorf("load chat watermark: %w", err)
+	}
+	return id, nil
+}
+
+// SaveChatMark raises the chat's durable watermark to in.ID. A local
+// activity of a chat workflow run about to end for quiet time.
+func (a *Activities) SaveChatMark(ctx context.Context, in ChatMarkInput) error {
+	if a.marks == nil {
+		return nil
+	}
+	if in.BotID == "" || in.ChatID == "" || !in.ID.Valid() {
+		return temporal.NewNonRetryableApplicationError("chat mark input needs bot_id, chat_id and a valid update_id", ErrTypeBadInput, nil)
+	}
+	if err := a.marks.SaveHandled(ctx, in.BotID, in.ChatID, in.ID); err != nil {
+		return fmt.Errorf("save chat watermark: %w", err)
+	}
+	return nil
 }
 
 // typing is the best-effort chat action offered to agents: it never waits for quota.

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -19,6 +20,11 @@ import (
 const (
 	// versionFailureNotice: after an agent fails for good, tell the chat so.
 	versionFailureNotice = "failure-notice"
+	// versionBoundedRuns (checked once at the start of every run): continue-
+	// as-new also on signals and history bytes per run, never carry more than
+	// the carry bound, and the durable chat watermark (read by a fresh run,
+	// written before the idle end).
+	versionBoundedRuns = "bounded-runs"
 )
 
 // FailureNotice is what a chat is told when its bot's agent could not handle a message.
@@ -32,6 +38,7 @@ const (
 	metricActionFailed  = "agentrunner_workflows_action_failures_total"
 	metricContinued     = "agentrunner_workflows_continue_as_new_total"
 	metricIdleEnded     = "agentrunner_workflows_idle_ended_total"
+	metricCarryDeferred = "agentrunner_workflows_carry_deferred_total"
 )
 
 // ChatWorkflow processes one chat's updates, in order, one at a time: it drops
@@ -42,11 +49,21 @@ const (
 func ChatWorkflow(ctx workflow.Context, in ChatInput) (ChatResult, error) {
 	c := &chat{in: in, st: in.State, s: in.Settings.withDefaults()}
 	c.st.Runs = in.State.Runs
+	c.sizes = make([]int, len(c.st.Pending))
+	for i, u := range c.st.Pending {
+		c.sizes[i] = SignalSize(u)
+		c.pendingBytes += c.sizes[i]
+	}
 	if in.BotID == "" || in.ChatID == "" {
 		return ChatResult{}, temporal.NewNonRetryableApplicationError("chat workflow needs bot_id and chat_id", ErrTypeBadInput, nil)
 	}
 	if err := workflow.SetQueryHandler(ctx, QueryState, c.view); err != nil {
 		return ChatResult{}, fmt.Errorf("set query handler: %w", err)
+	}
+	c.bounded = workflow.GetVersion(ctx, versionBoundedRuns, workflow.DefaultVersion, 1) >= 1
+	if c.bounded && in.State.Runs == 0 && in.State.LastUpdateID == "" {
+		// A fresh chain (not a continue-as-new): what did earlier chains of this chat handle?
+		c.loadMark(ctx)
 	}
 	return c.run(ctx)
 }
@@ -56,12 +73,51 @@ type chat struct {
 	st      ChatState
 	s       Settings
 	thisRun int // updates taken from Pending in this run
+
+	bounded      bool  // versionBoundedRuns in effect for this run
+	sizes        []int // SignalSize of each st.Pending entry
+	pendingBytes int   // their sum: what a continue-as-new would carry
+	signals      int   // signals received in this run
+	signalBytes  int   // their SignalSize sum
+	deferred     bool  // a continue-as-new was deferred in this run (over the carry bound)
+}
+
+// SignalSize is the size by which runs and the Handoff measure an update
+// signal: the length of its JSON encoding (the payload codec adds a few
+// dozen bytes of its own).
+func SignalSize(u UpdateSignal) int {
+	b, err := json.Marshal(u)
+	if err != nil {
+		return 0
+	}
+	return len(b)
+}
+
+// push appends a received signal to Pending and counts it.
+func (c *chat) push(u UpdateSignal) {
+	n := SignalSize(u)
+	c.st.Pending = append(c.st.Pending, u)
+	c.sizes = append(c.sizes, n)
+	c.pendingBytes += n
+	c.signals++
+	c.signalBytes += n
+}
+
+// pop takes the oldest pending update.
+func (c *chat) pop() UpdateSignal {
+	u := c.st.Pending[0]
+	c.st.Pending = c.st.Pending[1:]
+	c.pendingBytes -= c.sizes[0]
+	c.sizes = c.sizes[1:]
+	return u
 }
 
 func (c *chat) view() (StateView, error) {
 	return StateView{
 		LastUpdateID: c.st.LastUpdateID,
 		Pending:      len(c.st.Pending),
+		PendingBytes: c.pendingBytes,
+		Mark:         c.st.Mark,
 		Processed:    c.st.Processed,
 		Duplicates:   c.st.Duplicates,
 		Failures:     c.st.Failures,
@@ -87,6 +143,15 @@ func (c *chat) run(ctx workflow.Context) (ChatResult, error) {
 				return c.result(), err
 			}
 			if !got {
+				if c.bounded {
+					// The chat's watermark first: the run must not end before it
+					// is durable, or a late redelivery would be answered again.
+					saved := c.saveMark(ctx)
+					c.drain(ctx, updates)
+					if !saved || len(c.st.Pending) > 0 {
+						continue
+					}
+				}
 				// Quiet long enough, and nothing arrived meanwhile: end. A signal
 				// racing with the completion fails it and the task is replayed
 				// with that signal, so nothing is lost.
@@ -96,12 +161,23 @@ func (c *chat) run(ctx workflow.Context) (ChatResult, error) {
 			}
 			continue
 		}
-		u := c.st.Pending[0]
-		c.st.Pending = c.st.Pending[1:]
+		u := c.pop()
 		c.thisRun++
 		c.process(ctx, u)
 		if c.shouldContinueAsNew(ctx) {
 			c.drain(ctx, updates)
+			if c.bounded && !c.carryFits() {
+				// Carrying this backlog could exceed Temporal's payload limit,
+				// and signals left in the channel would be lost with the run:
+				// keep working it off here. The Handoff holds new signals back
+				// meanwhile (chat backlogged), so the run stays bounded.
+				if !c.deferred {
+					c.deferred = true
+					workflow.GetMetricsHandler(ctx).Counter(metricCarryDeferred).Inc(1)
+					log.Info("continue-as-new deferred: backlog over the carry bound", "pending", len(c.st.Pending), "pending_bytes", c.pendingBytes)
+				}
+				continue
+			}
 			next := c.in
 			next.State = c.st
 			next.State.Runs++
@@ -119,7 +195,7 @@ func (c *chat) drain(ctx workflow.Context, ch workflow.ReceiveChannel) {
 		if !ch.ReceiveAsync(&u) {
 			return
 		}
-		c.st.Pending = append(c.st.Pending, u)
+		c.push(u)
 	}
 }
 
@@ -133,7 +209,7 @@ func (c *chat) awaitUpdate(ctx workflow.Context, ch workflow.ReceiveChannel) (bo
 	sel.AddReceive(ch, func(rc workflow.ReceiveChannel, _ bool) {
 		var u UpdateSignal
 		rc.Receive(ctx, &u)
-		c.st.Pending = append(c.st.Pending, u)
+		c.push(u)
 		got = true
 	})
 	sel.AddFuture(timer, func(f workflow.Future) {
@@ -154,8 +230,68 @@ func (c *chat) awaitUpdate(ctx workflow.Context, ch workflow.ReceiveChannel) (bo
 
 func (c *chat) shouldContinueAsNew(ctx workflow.Context) bool {
 	info := workflow.GetInfo(ctx)
-	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() >= c.s.MaxHistoryEvents ||
-		c.thisRun >= c.s.MaxUpdatesPerRun
+	if info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() >= c.s.MaxHistoryEvents ||
+		c.thisRun >= c.s.MaxUpdatesPerRun {
+		return true
+	}
+	return c.bounded && (c.signals >= c.s.MaxSignalsPerRun || c.signalBytes >= c.s.MaxSignalBytesPerRun ||
+		info.GetCurrentHistorySize() >= c.s.MaxHistoryBytes)
+}
+
+// carryFits reports whether the pending backlog is within the carry bound.
+func (c *chat) carryFits() bool {
+	return len(c.st.Pending) <= c.s.MaxCarryUpdates && c.pendingBytes <= c.s.MaxCarryBytes
+}
+
+func (c *chat) markOptions() workflow.LocalActivityOptions {
+	return workflow.LocalActivityOptions{
+		StartToCloseTimeout:    c.s.SendTimeout,
+		ScheduleToCloseTimeout: c.s.GiveUpAfter,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    c.s.RetryInitial,
+			BackoffCoefficient: 2,
+			MaximumInterval:    c.s.RetryMax,
+		},
+	}
+}
+
+// loadMark reads the chat's durable watermark and drops updates at or below
+// it from now on. Without it (the store failed for GiveUpAfter) the run goes
+// on with its own dedupe only, and says so in LastError.
+func (c *chat) loadMark(ctx workflow.Context) {
+	var mark buko.UpdateID
+	lctx := workflow.WithLocalActivityOptions(ctx, c.markOptions())
+	err := workflow.ExecuteLocalActivity(lctx, ActivityLoadChatMark, ChatMarkInput{BotID: c.in.BotID, ChatID: c.in.ChatID}).Get(ctx, &mark)
+	if err != nil {
+		c.st.LastError = "chat watermark not read: " + errorSummary(err)
+		workflow.GetLogger(ctx).Warn("chat watermark not read; dedupe only within this chain", "error_type", errorType(err))
+		return
+	}
+	if !mark.Valid() {
+		return
+	}
+	c.st.Mark = mark
+	if c.st.LastUpdateID == "" || mark.Compare(c.st.LastUpdateID) > 0 {
+		c.st.LastUpdateID = mark
+	}
+}
+
+// saveMark makes LastUpdateID the chat's durable watermark if it grew; false
+// means it could not (the run must not end yet).
+func (c *chat) saveMark(ctx workflow.Context) bool {
+	id := c.st.LastUpdateID
+	if id == "" || (c.st.Mark != "" && id.Compare(c.st.Mark) <= 0) {
+		return true
+	}
+	lctx := workflow.WithLocalActivityOptions(ctx, c.markOptions())
+	err := workflow.ExecuteLocalActivity(lctx, ActivitySaveChatMark, ChatMarkInput{BotID: c.in.BotID, ChatID: c.in.ChatID, ID: id}).Get(ctx, nil)
+	if err != nil {
+		c.st.LastError = "chat watermark not saved: " + errorSummary(err)
+		workflow.GetLogger(ctx).Warn("chat watermark not saved; staying open", "error_type", errorType(err))
+		return false
+	}
+	c.st.Mark = id
+	return true
 }
 
 // process handles one update: dedupe, agent, actions, memory.

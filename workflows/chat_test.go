@@ -29,6 +29,26 @@ type fakeActs struct {
 	sent      []string
 	failAgent map[buko.UpdateID]error
 	failSend  map[string]error
+	mark      buko.UpdateID   // the chat's durable watermark (one chat)
+	saved     []buko.UpdateID // every SaveChatMark
+	loads     int
+}
+
+func (f *fakeActs) loadMark(_ context.Context, in ChatMarkInput) (buko.UpdateID, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loads++
+	return f.mark, nil
+}
+
+func (f *fakeActs) saveMark(_ context.Context, in ChatMarkInput) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.saved = append(f.saved, in.ID)
+	if f.mark == "" || in.ID.Compare(f.mark) > 0 {
+		f.mark = in.ID
+	}
+	return nil
 }
 
 func (f *fakeActs) agent(_ context.Context, in AgentInput) (AgentOutput, error) {
@@ -60,6 +80,8 @@ func newTestEnv(t *testing.T, f *fakeActs) *testsuite.TestWorkflowEnvironment {
 	env.RegisterWorkflowWithOptions(ChatWorkflow, workflow.RegisterOptions{Name: ChatWorkflowName})
 	env.RegisterActivityWithOptions(f.agent, activity.RegisterOptions{Name: ActivityAgent})
 	env.RegisterActivityWithOptions(f.send, activity.RegisterOptions{Name: ActivitySendMessage})
+	env.RegisterActivityWithOptions(f.loadMark, activity.RegisterOptions{Name: ActivityLoadChatMark})
+	env.RegisterActivityWithOptions(f.saveMark, activity.RegisterOptions{Name: ActivitySaveChatMark})
 	return env
 }
 
@@ -275,5 +297,106 @@ func TestTrimMemory(t *testing.T) {
 	}
 	if got := trimMemory(m, 20, 55); len(got) != 5 {
 		t.Errorf("char bound: %d", len(got))
+	}
+}
+
+func TestChatWorkflowDefersContinueAsNewOverCarryBound(t *testing.T) {
+	f := &fakeActs{}
+	env := newTestEnv(t, f)
+	in := testInput()
+	in.Settings.MaxUpdatesPerRun = 2
+	in.Settings.MaxCarryUpdates = 3
+	in.State = ChatState{Runs: 1}
+	// Ten signals at once: after two updates the run wants to continue-as-new
+	// with eight pending, over the carry bound of three: it works them off
+	// until three are left, then continues-as-new carrying exactly those.
+	for i := 1; i <= 10; i++ {
+		signalAt(env, time.Second+time.Duration(i)*time.Microsecond, textUpdate(fmt.Sprint(i), "c1", fmt.Sprint("q", i)))
+	}
+	env.ExecuteWorkflow(ChatWorkflowName, in)
+	var can *workflow.ContinueAsNewError
+	if err := env.GetWorkflowError(); !errors.As(err, &can) {
+		t.Fatalf("want continue-as-new, got %v", err)
+	}
+	var next ChatInput
+	if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &next); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(next.State.Pending); n != 3 || next.State.LastUpdateID != "7" || next.State.Processed != 7 {
+		t.Fatalf("carried %d pending, last %s, processed %d; want 3 pending after 7", n, next.State.LastUpdateID, next.State.Processed)
+	}
+	if next.State.Pending[0].UpdateID != "8" {
+		t.Errorf("carried pending starts at %s", next.State.Pending[0].UpdateID)
+	}
+}
+
+func TestChatWorkflowContinuesAsNewAfterSignalShare(t *testing.T) {
+	f := &fakeActs{}
+	env := newTestEnv(t, f)
+	in := testInput()
+	in.Settings.MaxSignalsPerRun = 4
+	in.State = ChatState{Runs: 1}
+	for i := 1; i <= 6; i++ {
+		signalAt(env, time.Duration(i)*time.Second, textUpdate(fmt.Sprint(i), "c1", fmt.Sprint("s", i)))
+	}
+	env.ExecuteWorkflow(ChatWorkflowName, in)
+	var can *workflow.ContinueAsNewError
+	if err := env.GetWorkflowError(); !errors.As(err, &can) {
+		t.Fatalf("want continue-as-new after 4 signals, got %v", err)
+	}
+	var next ChatInput
+	_ = converter.GetDefaultDataConverter().FromPayloads(can.Input, &next)
+	if next.State.Processed != 4 || len(next.State.Pending) != 0 {
+		t.Errorf("carried %+v", next.State)
+	}
+}
+
+func TestChatWorkflowWatermarkOutlivesTheRun(t *testing.T) {
+	// First chain: handles 5 and 6, ends for quiet time and saves 6.
+	f := &fakeActs{}
+	env := newTestEnv(t, f)
+	signalAt(env, time.Second, textUpdate("5", "c1", "a"))
+	signalAt(env, 2*time.Second, textUpdate("6", "c1", "b"))
+	env.ExecuteWorkflow(ChatWorkflowName, testInput())
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(f.saved) != "[6]" || f.loads != 1 {
+		t.Fatalf("saved %v after %d loads, want [6] after 1", f.saved, f.loads)
+	}
+	// A fresh chain much later: 6 redelivered is dropped, 7 is handled, 7 saved.
+	env = newTestEnv(t, f)
+	signalAt(env, time.Second, textUpdate("6", "c1", "b"))
+	signalAt(env, 2*time.Second, textUpdate("7", "c1", "c"))
+	env.ExecuteWorkflow(ChatWorkflowName, testInput())
+	var res ChatResult
+	if err := env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Duplicates != 1 || res.Processed != 1 || fmt.Sprint(f.agentIDs) != "[5 6 7]" || fmt.Sprint(f.saved) != "[6 7]" {
+		t.Errorf("result %+v, agent saw %v, saved %v", res, f.agentIDs, f.saved)
+	}
+	// A chain that handles nothing new writes nothing.
+	env = newTestEnv(t, f)
+	signalAt(env, time.Second, textUpdate("7", "c1", "c"))
+	env.ExecuteWorkflow(ChatWorkflowName, testInput())
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(f.saved) != "[6 7]" {
+		t.Errorf("saved %v: a mark that did not grow was written", f.saved)
+	}
+	// A continued run does not read the mark again (it carries it).
+	loads := f.loads
+	env = newTestEnv(t, f)
+	in := testInput()
+	in.State = ChatState{Runs: 1, LastUpdateID: "7", Mark: "7"}
+	signalAt(env, time.Second, textUpdate("8", "c1", "d"))
+	env.ExecuteWorkflow(ChatWorkflowName, in)
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if f.loads != loads || fmt.Sprint(f.saved) != "[6 7 8]" {
+		t.Errorf("loads %d→%d, saved %v", loads, f.loads, f.saved)
 	}
 }

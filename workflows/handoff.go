@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -22,7 +23,8 @@ const maxWorkflowIDLen = 1000
 func WorkflowID(botID, chatID string) string { return "chat/" + botID + "/" + chatID }
 
 // PermanentError is a handoff error that retrying cannot fix (a malformed
-// update, a payload Temporal refuses). It has the method Permanent() bool that
+// update, a payload Temporal refuses for itself — not for its run's limits,
+// see RunLimitError). It has the method Permanent() bool that
 // sessions.IsPermanent looks for, so sessions records it and moves on.
 type PermanentError struct{ Err error }
 
@@ -40,6 +42,65 @@ func permanent(format string, args ...any) error {
 	return &PermanentError{Err: fmt.Errorf(format, args...)}
 }
 
+// Per-run limits of Temporal that refuse a signal (as InvalidArgument) but
+// clear with a new run of the workflow: the phrase of the server's message
+// (go.temporal.io/server service/history/consts, common/util.go, checked
+// against server 1.29) and the limit's name in RunLimitError.Limit.
+var runLimitRefusals = []struct{ phrase, limit string }{
+	// history.maximumSignalsPerExecution (10,000): the run goes on, the signal is refused.
+	{"limit for signal events", "signals_per_run"},
+	// limit.historySize.error (50 MiB), limit.historyCount.error (51,200),
+	// limit.mutableStateSize.error (8 MiB): the server terminates the run
+	// and refuses the signal; a retry starts a new run.
+	{"history size exceeds limit", "history_size"},
+	{"history count exceeds limit", "history_count"},
+	{"mutable state size exceeds limit", "mutable_state_size"},
+	{"transaction size exceeds limit", "transaction_size"},
+}
+
+// RunLimitError is a handoff refused because the chat's current workflow run
+// is at one of Temporal's per-run limits (signals, history size or count,
+// mutable state size). A later run accepts the update: it is transient, not
+// permanent; sessions retry it with back-off and never ack it meanwhile.
+type RunLimitError struct {
+	Limit string // signals_per_run, history_size, history_count, mutable_state_size, transaction_size
+	Err   error
+}
+
+func (e *RunLimitError) Error() string {
+	return "workflows: the chat's workflow run is at Temporal's " + e.Limit + " limit: " + e.Err.Error()
+}
+func (e *RunLimitError) Unwrap() error   { return e.Err }
+func (e *RunLimitError) Permanent() bool { return false }
+
+// BackloggedError is a handoff held back because the chat's current run has
+// taken its share of signals (Settings.MaxSignalsPerRun,
+// MaxSignalBytesPerRun) and is still working: a new signal would grow a run
+// that cannot continue-as-new with its backlog. Transient: the session's lane
+// retries with back-off (and stops reading past its pending bound) until the
+// run continued-as-new, ended, or went idle.
+type BackloggedError struct {
+	WorkflowID string
+	Signals    int // signals this Handoff gave the run
+	Bytes      int // their SignalSize sum
+}
+
+func (e *BackloggedError) Error() string {
+	return fmt.Sprintf("workflows: chat backlogged: %s has %d signals (%d bytes) of this runner and is still working them off", e.WorkflowID, e.Signals, e.Bytes)
+}
+func (e *BackloggedError) Permanent() bool { return false }
+
+// runShare is what a Handoff gave one chat's current run.
+type runShare struct {
+	runID   string
+	signals int
+	bytes   int
+	used    time.Time
+}
+
+// maxTrackedRuns bounds Handoff.runs; older entries are dropped first.
+const maxTrackedRuns = 8192
+
 // Handoff hands updates durably to the chat workflows. It implements
 // sessions.Handoff. Safe for concurrent use.
 type Handoff struct {
@@ -47,6 +108,9 @@ type Handoff struct {
 	taskQueue string
 	settings  Settings
 	metrics   *Metrics
+
+	mu   sync.Mutex
+	runs map[string]*runShare // by workflow id
 }
 
 // NewHandoff returns a Handoff that signal-starts chat workflows on taskQueue.
@@ -54,7 +118,7 @@ func NewHandoff(c client.Client, taskQueue string) *Handoff {
 	if taskQueue == "" {
 		taskQueue = DefaultTaskQueue
 	}
-	return &Handoff{c: c, taskQueue: taskQueue}
+	return &Handoff{c: c, taskQueue: taskQueue, runs: map[string]*runShare{}}
 }
 
 // WithSettings sets the Settings new chat workflows start with (zero fields: defaults).
@@ -104,11 +168,96 @@ func (h *Handoff) handoff(ctx context.Context, botID string, u buko.Update) erro
 		recv = time.Now() // a caller without a receipt time: measure from the handoff
 	}
 	sig := UpdateSignal{Update: u, Version: UpdateSignalVersion, ReceivedAt: recv.UTC()}
-	_, err := h.c.SignalWithStartWorkflow(ctx, id, SignalUpdate, sig, opts, ChatWorkflowName, in)
-	if err == nil {
+	if err := h.admit(ctx, id); err != nil {
+		return fmt.Errorf("workflows: handoff of update %s: %w", u.UpdateID, err)
+	}
+	run, err := h.c.SignalWithStartWorkflow(ctx, id, SignalUpdate, sig, opts, ChatWorkflowName, in)
+	if err != nil {
+		return classifyHandoffError(ctx, u.UpdateID, err)
+	}
+	h.record(id, run.GetRunID(), SignalSize(sig))
+	return nil
+}
+
+// admit holds a handoff back while the chat's run has had its share of
+// signals from this Handoff and is still busy. Below the share it costs
+// nothing; past it, each attempt asks Temporal (DescribeWorkflowExecution)
+// whether the run has since continued-as-new or ended (a new share starts),
+// or is idle (no backlog: the signal is safe, and the run continues-as-new
+// right after it).
+func (h *Handoff) admit(ctx context.Context, id string) error {
+	s := h.settings.withDefaults()
+	h.mu.Lock()
+	r := h.runs[id]
+	var share runShare
+	if r != nil {
+		share = *r
+	}
+	h.mu.Unlock()
+	if r == nil || (share.signals < s.MaxSignalsPerRun && share.bytes < s.MaxSignalBytesPerRun) {
 		return nil
 	}
-	return classifyHandoffError(ctx, u.UpdateID, err)
+	d, err := h.c.DescribeWorkflowExecution(ctx, id, "")
+	var notFound *serviceerror.NotFound
+	switch {
+	case errors.As(err, &notFound):
+		h.forget(id, share.runID)
+		return nil
+	case err != nil:
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("describe chat workflow: %w", err)
+	}
+	info := d.GetWorkflowExecutionInfo()
+	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING || info.GetExecution().GetRunId() != share.runID {
+		h.forget(id, share.runID)
+		return nil
+	}
+	if len(d.GetPendingActivities()) == 0 && d.GetPendingWorkflowTask() == nil {
+		return nil // idle: nothing pending behind this signal
+	}
+	return &BackloggedError{WorkflowID: id, Signals: share.signals, Bytes: share.bytes}
+}
+
+// record counts a signal Temporal accepted into run runID of workflow id.
+func (h *Handoff) record(id, runID string, size int) {
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.runs[id]
+	if r == nil || r.runID != runID {
+		if r == nil && len(h.runs) >= maxTrackedRuns {
+			h.pruneLocked(now)
+		}
+		r = &runShare{runID: runID}
+		h.runs[id] = r
+	}
+	r.signals++
+	r.bytes += size
+	r.used = now
+}
+
+// forget drops the share of run runID (a newer run's share stays).
+func (h *Handoff) forget(id, runID string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r := h.runs[id]; r != nil && r.runID == runID {
+		delete(h.runs, id)
+	}
+}
+
+// pruneLocked drops shares unused for a minute, or all when none is that old:
+// a dropped share only means a run may get one more share of signals.
+func (h *Handoff) pruneLocked(now time.Time) {
+	for id, r := range h.runs {
+		if now.Sub(r.used) > time.Minute {
+			delete(h.runs, id)
+		}
+	}
+	if len(h.runs) >= maxTrackedRuns {
+		clear(h.runs)
+	}
 }
 
 // classifyHandoffError keeps transient errors transient and marks those that
@@ -123,6 +272,12 @@ func classifyHandoffError(ctx context.Context, id buko.UpdateID, err error) erro
 	)
 	switch {
 	case errors.As(err, &invalid):
+		msg := strings.ToLower(invalid.Error())
+		for _, l := range runLimitRefusals {
+			if strings.Contains(msg, l.phrase) {
+				return fmt.Errorf("workflows: handoff of update %s: %w", id, &RunLimitError{Limit: l.limit, Err: err})
+			}
+		}
 		// e.g. a payload over the blob size limit, an id Temporal refuses.
 		return &PermanentError{Err: fmt.Errorf("workflows: handoff of update %s refused by Temporal: %w", id, err)}
 	case errors.As(err, &tooBig):

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"errors"
 	"maps"
 	"time"
 
@@ -37,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentrunner_workflows_handoffs_total",
-			Help: "Updates handed to Temporal, by result (ok, transient, permanent).",
+			Help: "Handoff attempts, by result: ok, transient, permanent, backlogged (held back: the chat's run is busy with its share), run_limit (Temporal refused for a per-run limit).",
 		}, []string{"result"}),
 		handoffSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "agentrunner_workflows_handoff_duration_seconds",
@@ -89,6 +90,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		metricActionFailed:  "Agent actions (Bot API sends) that failed for good.",
 		metricContinued:     "Chat workflow continue-as-new transitions.",
 		metricIdleEnded:     "Chat workflows that ended after their quiet time.",
+		metricCarryDeferred: "Continue-as-new transitions a chat workflow deferred because its pending backlog was over the carry bound.",
 	} {
 		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 		m.workflowCounter[name] = c
@@ -104,10 +106,18 @@ func (m *Metrics) handoff(err error, d time.Duration) {
 		return
 	}
 	res := "ok"
+	var (
+		backlogged *BackloggedError
+		runLimit   *RunLimitError
+	)
 	switch {
 	case err == nil:
 	case IsPermanent(err):
 		res = "permanent"
+	case errors.As(err, &backlogged):
+		res = "backlogged"
+	case errors.As(err, &runLimit):
+		res = "run_limit"
 	default:
 		res = "transient"
 	}

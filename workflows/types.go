@@ -24,6 +24,10 @@ const (
 	ActivitySendPhoto       = "SendPhoto"
 	ActivitySendDocument    = "SendDocument"
 
+	// Local activities of the durable per-chat watermark (ChatMarks).
+	ActivityLoadChatMark = "LoadChatMark"
+	ActivitySaveChatMark = "SaveChatMark"
+
 	// DefaultTaskQueue matches TEMPORAL_TASK_QUEUE's default.
 	DefaultTaskQueue = "agentrunner"
 )
@@ -50,6 +54,25 @@ type Tokens interface {
 // tier. cmd wires it to the bots table.
 type BotDirectory interface {
 	Bot(ctx context.Context, botID string) (BotSpec, error)
+}
+
+// ChatMarks keeps, per chat, the highest update id a chat workflow has
+// handled, beyond the workflow's own life: a run that ends after its quiet
+// time saves it, and the next fresh run of the chat reads it, so an update
+// redelivered however late is still dropped. cmd wires it to the
+// chat_watermarks table (runner.ChatMarks).
+type ChatMarks interface {
+	// LastHandled returns the chat's watermark, "" when it has none.
+	LastHandled(ctx context.Context, botID, chatID string) (buko.UpdateID, error)
+	// SaveHandled raises the chat's watermark to id; a lower id leaves it as it is.
+	SaveHandled(ctx context.Context, botID, chatID string, id buko.UpdateID) error
+}
+
+// ChatMarkInput is the input of the watermark activities.
+type ChatMarkInput struct {
+	BotID  string        `json:"bot_id"`
+	ChatID string        `json:"chat_id"`
+	ID     buko.UpdateID `json:"update_id,omitempty"` // SaveChatMark only
 }
 
 // ErrBotNotFound is returned (wrapped) by a BotDirectory for an unknown bot.
@@ -79,6 +102,19 @@ type Settings struct {
 	RetryInitial     time.Duration `json:"retry_initial,omitempty"`       // first retry back-off; default 1s
 	RetryMax         time.Duration `json:"retry_max,omitempty"`           // back-off cap; default 1m
 	GiveUpAfter      time.Duration `json:"give_up_after,omitempty"`       // total time for one activity with retries; default 1h
+
+	// Per-run bounds (docs/workflows.md, "Run limits"). A run continues-as-new
+	// once it received MaxSignalsPerRun signals or MaxSignalBytesPerRun bytes
+	// of them, or its history reached MaxHistoryBytes; the Handoff stops
+	// signalling a busy run past the same signal bounds ("chat backlogged").
+	// A continue-as-new carries at most MaxCarryUpdates pending updates of at
+	// most MaxCarryBytes (JSON) in all; with more pending the run keeps
+	// processing instead.
+	MaxSignalsPerRun     int `json:"max_signals_per_run,omitempty"`      // default 500 (Temporal refuses signals past 10,000)
+	MaxSignalBytesPerRun int `json:"max_signal_bytes_per_run,omitempty"` // default 256 KiB
+	MaxCarryUpdates      int `json:"max_carry_updates,omitempty"`        // default 500
+	MaxCarryBytes        int `json:"max_carry_bytes,omitempty"`          // default 256 KiB (Temporal's payload limit is 2 MiB)
+	MaxHistoryBytes      int `json:"max_history_bytes,omitempty"`        // default 8 MiB (Temporal terminates a run past 50 MiB)
 }
 
 // DefaultSettings are the production defaults.
@@ -94,6 +130,12 @@ func DefaultSettings() Settings {
 		RetryInitial:     time.Second,
 		RetryMax:         time.Minute,
 		GiveUpAfter:      time.Hour,
+
+		MaxSignalsPerRun:     500,
+		MaxSignalBytesPerRun: 256 << 10,
+		MaxCarryUpdates:      500,
+		MaxCarryBytes:        256 << 10,
+		MaxHistoryBytes:      8 << 20,
 	}
 }
 
@@ -110,6 +152,11 @@ func (s Settings) withDefaults() Settings {
 	orDefault(&s.RetryInitial, d.RetryInitial)
 	orDefault(&s.RetryMax, d.RetryMax)
 	orDefault(&s.GiveUpAfter, d.GiveUpAfter)
+	orDefault(&s.MaxSignalsPerRun, d.MaxSignalsPerRun)
+	orDefault(&s.MaxSignalBytesPerRun, d.MaxSignalBytesPerRun)
+	orDefault(&s.MaxCarryUpdates, d.MaxCarryUpdates)
+	orDefault(&s.MaxCarryBytes, d.MaxCarryBytes)
+	orDefault(&s.MaxHistoryBytes, d.MaxHistoryBytes)
 	return s
 }
 
@@ -158,6 +205,9 @@ type ChatState struct {
 	Failures     int64          `json:"failures"`
 	Runs         int            `json:"runs"` // continue-as-new generations so far
 	LastError    string         `json:"last_error,omitempty"`
+	// Mark is the chat's durable watermark as this chain last read or wrote
+	// it (ChatMarks): the idle end writes LastUpdateID only when it is higher.
+	Mark buko.UpdateID `json:"mark,omitempty"`
 }
 
 // ChatResult is a chat workflow's result when it ends after its quiet time.
@@ -172,6 +222,8 @@ type ChatResult struct {
 type StateView struct {
 	LastUpdateID buko.UpdateID `json:"last_update_id,omitempty"`
 	Pending      int           `json:"pending"`
+	PendingBytes int           `json:"pending_bytes"`  // SignalSize sum of the pending updates
+	Mark         buko.UpdateID `json:"mark,omitempty"` // the chat's durable watermark as this chain knows it
 	Processed    int64         `json:"processed"`
 	Duplicates   int64         `json:"duplicates"`
 	Failures     int64         `json:"failures"`

@@ -23,6 +23,10 @@ type WorkerOptions struct {
 	Bots      BotDirectory // agent kind, config and tier per bot
 	Tokens    Tokens       // bot tokens, resolved per call
 	API       *buko.Client // the Bot API
+	// Marks keeps each chat's handled update id beyond a workflow's life, so
+	// a redelivery after the quiet time is still dropped. Nil: dedupe lasts
+	// only as long as the chat's workflow chain (tests, tools).
+	Marks ChatMarks
 
 	Agents  agents.Registry // nil: agents.Builtin()
 	Secrets agents.Secrets  // resolves secret references in agent configs; may be nil
@@ -79,6 +83,7 @@ func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
 	o.Metrics.allowTaskQueue(o.TaskQueue)
 	acts := &Activities{
 		bots:    o.Bots,
+		marks:   o.Marks,
 		tokens:  o.Tokens,
 		api:     o.API,
 		pool:    newAgentPool(o.Agents, agents.Env{HTTP: o.HTTP, Secrets: o.Secrets, Logger: o.Logger}),
@@ -117,6 +122,8 @@ func Register(r Registry, acts *Activities) {
 		ActivityDeleteMessage:   acts.DeleteMessage,
 		ActivitySendPhoto:       acts.SendPhoto,
 		ActivitySendDocument:    acts.SendDocument,
+		ActivityLoadChatMark:    acts.LoadChatMark,
+		ActivitySaveChatMark:    acts.SaveChatMark,
 	} {
 		r.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name})
 	}
