@@ -159,6 +159,7 @@ type env struct {
 	keys    *codec.Keyring
 	tokens  *memTokens
 	bots    *memBots
+	marks   *memMarks
 	reg     *prometheus.Registry
 	metrics *Metrics
 	handoff *Handoff
@@ -168,7 +169,7 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	ns := testNamespace(t)
 	e := &env{t: t, ns: ns, queue: "test-" + t.Name() + "-" + randomHex(3), keys: testKeys(t),
-		tokens: &memTokens{m: map[string]vault.Token{}}, bots: &memBots{m: map[string]BotSpec{}}, reg: prometheus.NewRegistry()}
+		tokens: &memTokens{m: map[string]vault.Token{}}, bots: &memBots{m: map[string]BotSpec{}}, marks: &memMarks{m: map[string]buko.UpdateID{}}, reg: prometheus.NewRegistry()}
 	e.metrics = NewMetrics(e.reg)
 	s := sim.New(sim.Options{})
 	e.sim = httptest.NewServer(s)
@@ -205,6 +206,9 @@ func (e *env) startWorker(o WorkerOptions) *Worker {
 	e.t.Helper()
 	o.TaskQueue = e.queue
 	o.Bots, o.Tokens, o.API = e.bots, e.tokens, e.api
+	if o.Marks == nil {
+		o.Marks = e.marks
+	}
 	if o.Metrics == nil {
 		o.Metrics = e.metrics
 	}
@@ -426,4 +430,27 @@ func (b *memBots) Bot(_ context.Context, botID string) (BotSpec, error) {
 		return BotSpec{}, ErrBotNotFound
 	}
 	return s, nil
+}
+
+// memMarks is an in-memory ChatMarks (runner.ChatMarks is the Postgres one).
+type memMarks struct {
+	mu    sync.Mutex
+	m     map[string]buko.UpdateID
+	saves int
+}
+
+func (m *memMarks) LastHandled(_ context.Context, botID, chatID string) (buko.UpdateID, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.m[botID+"/"+chatID], nil
+}
+
+func (m *memMarks) SaveHandled(_ context.Context, botID, chatID string, id buko.UpdateID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.saves++
+	if cur := m.m[botID+"/"+chatID]; cur == "" || id.Compare(cur) > 0 {
+		m.m[botID+"/"+chatID] = id
+	}
+	return nil
 }
