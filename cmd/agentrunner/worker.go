@@ -169,6 +169,7 @@ func (w *workerTuning) newChatWorker(d chatWorkerDeps) (*workflows.Worker, error
 	return workflows.NewWorker(d.temporal, workflows.WorkerOptions{
 		TaskQueue:               d.taskQueue,
 		Bots:                    runner.NewDirectory(d.pool, w.botCacheTTL),
+		Marks:                   runner.NewChatMarks(d.pool),
 		Tokens:                  d.tokens,
 		API:                     d.api,
 		Secrets:                 workflows.VaultSecrets{Cipher: d.cipher},
