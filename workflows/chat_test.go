@@ -306,12 +306,12 @@ func TestChatWorkflowDefersContinueAsNewOverCarryBound(t *testing.T) {
 	in := testInput()
 	in.Settings.MaxUpdatesPerRun = 2
 	in.Settings.MaxCarryUpdates = 3
+	// Ten pending updates: after two the run wants to continue-as-new with
+	// eight pending, over the carry bound of three: it works them off until
+	// three are left, then continues-as-new carrying exactly those.
 	in.State = ChatState{Runs: 1}
-	// Ten signals at once: after two updates the run wants to continue-as-new
-	// with eight pending, over the carry bound of three: it works them off
-	// until three are left, then continues-as-new carrying exactly those.
 	for i := 1; i <= 10; i++ {
-		signalAt(env, time.Second+time.Duration(i)*time.Microsecond, textUpdate(fmt.Sprint(i), "c1", fmt.Sprint("q", i)))
+		in.State.Pending = append(in.State.Pending, UpdateSignal{Update: textUpdate(fmt.Sprint(i), "c1", fmt.Sprint("q", i))})
 	}
 	env.ExecuteWorkflow(ChatWorkflowName, in)
 	var can *workflow.ContinueAsNewError
