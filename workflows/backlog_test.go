@@ -93,7 +93,7 @@ func (e *env) runLane(t *testing.T, botID string, ups []buko.Update) *lane {
 					l.runLimited++
 				}
 				l.mu.Unlock()
-				time.Sleep(min(10*time.Millisecond<<min(attempt, 5), 250*time.Millisecond))
+				time.Sleep(min(10*time.Millisecond<<min(attempt, 4), 100*time.Millisecond))
 			}
 			l.mu.Lock()
 			l.handed++
@@ -154,6 +154,7 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	s := fastSettings()
 	s.AgentTimeout = 5 * time.Minute // the agent blocks for as long as the test wants
 	s.MaxHistoryEvents = 2000        // as the server's suggestion would, sooner: a run wants to continue-as-new
+	s.MemoryTurns = 2                // memory is not under test here; small agent inputs keep the test fast
 	e.handoff.WithSettings(s)
 	gate := newGateAgent()
 	reg := agents.Builtin()
