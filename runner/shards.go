@@ -170,6 +170,10 @@ type Shards struct {
 	nextWake time.Time   // a peer's lease or heartbeat expires then: tick to take over
 	stopping map[int]int // shards whose sessions are being stopped (count of jobs)
 	jobs     sync.WaitGroup
+
+	// afterFence, if set (tests only), runs in fenceExpired between leaving
+	// the critical section and starting to stop the fenced shards' sessions.
+	afterFence func(fenced []Lease)
 }
 
 // NewShards checks cfg and returns a replica's ownership; Run starts it.
@@ -539,6 +543,7 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 			lost = append(lost, l)
 		}
 	}
+	s.markStoppingLocked(lost, 1) // with the delete, as in fenceExpired
 	s.ready = true
 	s.peers = peers
 	s.nextWake = time.Time{}
@@ -566,7 +571,7 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 	if len(lost) > 0 {
 		s.cfg.Metrics.lost(LossStolen, len(lost))
 		s.log.Warn().Ints("shards", leaseShards(lost)).Msg("leases lost (expired or claimed by a peer); stopping their sessions")
-		s.stopJob(ctx, lost, LossStolen, s.cfg.Margin)
+		s.stopMarked(ctx, lost, LossStolen, s.cfg.Margin)
 	}
 
 	if draining {
@@ -799,10 +804,12 @@ func (s *Shards) releaseLeases(ctx context.Context, ls []Lease, reason string) {
 	s.log.Debug().Str("reason", reason).Int("released", n).Int("held", nHeld).Msg("released a batch of shards")
 }
 
-// stopJob runs Handler.Lost in the background with a deadline of d (for
+// stopMarked runs Handler.Lost in the background with a deadline of d (for
 // fenced/stolen shards: before anyone else may claim them).
-func (s *Shards) stopJob(ctx context.Context, ls []Lease, reason string, d time.Duration) {
-	s.markStopping(ls, 1)
+// The caller has already marked ls stopping (markStoppingLocked, in the
+// critical section that removed them from held); the job unmarks them when
+// Lost returns.
+func (s *Shards) stopMarked(ctx context.Context, ls []Lease, reason string, d time.Duration) {
 	s.jobs.Add(1)
 	go func() {
 		defer s.jobs.Done()
@@ -816,6 +823,10 @@ func (s *Shards) stopJob(ctx context.Context, ls []Lease, reason string, d time.
 func (s *Shards) markStopping(ls []Lease, delta int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.markStoppingLocked(ls, delta)
+}
+
+func (s *Shards) markStoppingLocked(ls []Lease, delta int) {
 	for _, l := range ls {
 		s.stopping[l.Shard] += delta
 		if s.stopping[l.Shard] <= 0 {
@@ -867,10 +878,17 @@ func (s *Shards) fenceExpired(ctx context.Context) {
 			delete(s.held, shard)
 		}
 	}
+	// In the same critical section: a shard leaves held and enters stopping
+	// at once, so no tick ever sees it as neither (an orphan it would
+	// release for a peer to claim while its sessions still run).
+	s.markStoppingLocked(fenced, 1)
 	nHeld := len(s.held)
 	s.mu.Unlock()
 	if len(fenced) == 0 {
 		return
+	}
+	if s.afterFence != nil {
+		s.afterFence(fenced)
 	}
 	s.cfg.Metrics.fencedSelf()
 	s.cfg.Metrics.lost(LossFenced, len(fenced))
@@ -878,7 +896,7 @@ func (s *Shards) fenceExpired(ctx context.Context) {
 	s.log.Error().Ints("shards", leaseShards(fenced)).Dur("margin", s.cfg.Margin).
 		Msg("self-fencing: no renew before the deadline; stopping the sessions of these shards before their leases expire")
 	// The leases expire no earlier than margin from now: stop within most of it.
-	s.stopJob(ctx, fenced, LossFenced, s.cfg.Margin*3/4)
+	s.stopMarked(ctx, fenced, LossFenced, s.cfg.Margin*3/4)
 }
 
 // Drain stops claiming, marks the replica draining (peers stop counting it),

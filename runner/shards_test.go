@@ -387,3 +387,114 @@ func TestDuplicateRunnerIDIsRefused(t *testing.T) {
 	waitFor(t, "the second to hold every shard", 30*time.Second, func() bool { return second.count() == 128 })
 	w.check(t)
 }
+
+// TestSelfFencingKeepsTheShardUntilSessionsStop pauses fenceExpired right
+// after it takes a shard out of held, before its sessions stop, and makes a
+// tick run meanwhile: the shard must stay this replica's in Postgres (not
+// released as an orphan), so no peer can claim it while its old sessions may
+// still run.
+func TestSelfFencingKeepsTheShardUntilSessionsStop(t *testing.T) {
+	dsn := pgtest.New(t)
+	pool := newPool(t, dsn)
+	ctx := context.Background()
+	w := newWorld()
+	a := &replica{name: "a", w: w, mine: map[int]int64{}, reasons: map[string]int{}, done: make(chan error, 1)}
+	sh, err := NewShards(ShardsConfig{Pool: pool, RunnerID: "a", TTL: testTTL, Handler: a, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.sh = sh
+	paused := make(chan Lease, 1)
+	resume := make(chan struct{})
+	var victim Lease
+	sh.afterFence = func(fenced []Lease) {
+		for _, l := range fenced {
+			if l == victim {
+				paused <- l
+				<-resume
+			}
+		}
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	go func() { a.done <- sh.Run(rctx) }()
+	t.Cleanup(a.stop)
+	waitFor(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
+
+	victim = sh.Held()[5] // read by afterFence only after the watchdog is poked below
+	// Pass the victim's local deadline (its Postgres lease is still valid for
+	// up to a TTL): the watchdog fences it and pauses in afterFence.
+	expire := func() {
+		sh.mu.Lock()
+		if h := sh.held[victim.Shard]; h != nil && h.epoch == victim.Epoch {
+			h.validUntil = time.Now().Add(-time.Millisecond)
+		}
+		sh.mu.Unlock()
+		sh.pokeWatchdog()
+	}
+	expire()
+	deadline := time.Now().Add(20 * time.Second)
+	for entered := false; !entered; {
+		select {
+		case <-paused:
+			entered = true
+		case <-time.After(200 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("fenceExpired never reached the pause")
+			}
+			expire() // a renew raced the forced deadline: force it again
+		}
+	}
+	defer func() {
+		select {
+		case <-resume:
+		default:
+			close(resume)
+		}
+	}()
+
+	// A full tick (heartbeat, renew, orphan release, rebalance) runs in the gap.
+	var before time.Time
+	if err := pool.QueryRow(ctx, `SELECT now()`).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	sh.Wake()
+	waitFor(t, "a tick during the pause", 10*time.Second, func() bool {
+		var hb time.Time
+		if err := pool.QueryRow(ctx, `SELECT heartbeat_at FROM runners WHERE id = 'a'`).Scan(&hb); err != nil {
+			t.Fatal(err)
+		}
+		return hb.After(before)
+	})
+	// The old code released the shard in that tick's heartbeat statement (and
+	// a claimed it back at a new epoch beside its old sessions).
+	var owner *string
+	var epoch int64
+	if err := pool.QueryRow(ctx, `SELECT owner, epoch FROM shard_leases WHERE shard = $1`, victim.Shard).Scan(&owner, &epoch); err != nil {
+		t.Fatal(err)
+	}
+	if owner == nil || *owner != "a" || epoch != victim.Epoch {
+		o := "NULL"
+		if owner != nil {
+			o = *owner
+		}
+		t.Fatalf("while the sessions of shard %d (epoch %d) were still up, Postgres has owner %s epoch %d: released for a peer to claim", victim.Shard, victim.Epoch, o, epoch)
+	}
+	// A peer trying to claim it right now gets nothing (the lease is still a's and unexpired).
+	var took int
+	if err := pool.QueryRow(ctx, `WITH c AS (UPDATE shard_leases SET owner = 'peer', epoch = epoch + 1
+		WHERE shard = $1 AND (owner IS NULL OR expires_at <= now()) RETURNING 1) SELECT count(*) FROM c`, victim.Shard).Scan(&took); err != nil {
+		t.Fatal(err)
+	}
+	if took != 0 {
+		t.Fatalf("a peer claimed shard %d while a's sessions of it were still running", victim.Shard)
+	}
+
+	close(resume)
+	waitFor(t, "a to stop the fenced shard's sessions", 10*time.Second, func() bool { return a.reason(LossFenced) == 1 })
+	// Once they stopped, the shard is given back and a, alone, claims it again.
+	waitFor(t, "a to hold every shard again", 30*time.Second, func() bool {
+		return a.count() == 128 && sh.Holds(victim) != nil
+	})
+	w.check(t)
+}
