@@ -78,10 +78,15 @@ type ShardHandler interface {
 
 // ShardsConfig configures a replica's ownership.
 type ShardsConfig struct {
-	// Pool for the lease statements and fenced writes. Give it connections
-	// of its own (NewSupervisor does), so renewals never queue behind bulk
-	// work such as handoffs.
-	Pool     *pgxpool.Pool
+	// Pool for the lease statements (heartbeat and renew, claim, release,
+	// notify). Give it connections of its own (NewSupervisor does), so
+	// renewals never queue behind bulk work such as handoffs.
+	Pool *pgxpool.Pool
+	// WritePool is for the fenced writes (Fenced). Default Pool; give it
+	// connections of its own (NewSupervisor does), so fenced writes stuck
+	// behind a slow database or a row lock can never take the connections
+	// renewals need (docs/ownership.md, "Slow database").
+	WritePool *pgxpool.Pool
 	RunnerID string
 	// TTL of a lease (and of a heartbeat). Every replica of a fleet must use
 	// the same TTL. Renewals run every TTL/3. Default DefaultLeaseTTL.
@@ -120,6 +125,9 @@ func (c *ShardsConfig) setDefaults() error {
 	}
 	if c.Handler == nil {
 		return errors.New("runner: ShardsConfig.Handler is nil")
+	}
+	if c.WritePool == nil {
+		c.WritePool = c.Pool
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultLeaseTTL
@@ -247,6 +255,16 @@ func (s *Shards) Holds(l Lease) error {
 	return s.holdsLocked(l, false)
 }
 
+// holdsUntil is Holds that also returns the lease's local deadline.
+func (s *Shards) holdsUntil(l Lease) (time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.holdsLocked(l, false); err != nil {
+		return time.Time{}, err
+	}
+	return s.held[l.Shard].validUntil, nil
+}
+
 // Active is Holds for starting work: it also refuses a lease being released.
 func (s *Shards) Active(l Lease) bool {
 	s.mu.Lock()
@@ -269,17 +287,28 @@ func (s *Shards) holdsLocked(l Lease, forStart bool) error {
 	return nil
 }
 
-// Fenced runs fn inside a transaction that first locks the lease row FOR
+// Fenced runs fn inside a transaction that first locks the lease row FOR KEY
 // SHARE where owner = this replica, epoch = l.Epoch and the lease has not
 // expired by Postgres's clock. While the transaction is open nobody can claim
-// the shard (claims skip locked rows). If the lease is not held so, fn does
-// not run and the error is a *FencedError (errors.Is(err, ErrFenced)).
+// the shard (claims lock FOR UPDATE SKIP LOCKED, which conflicts with it),
+// yet the renewal's UPDATE of expires_at does not wait for it (a non-key
+// update conflicts only with FOR UPDATE and FOR NO KEY UPDATE): a fenced
+// write stuck behind a row lock or a slow statement never holds a renewal
+// up. The transaction runs on WritePool and is cancelled when the lease's
+// local deadline passes. If the lease is not held so, fn does not run and
+// the error is a *FencedError (errors.Is(err, ErrFenced)).
 func (s *Shards) Fenced(ctx context.Context, l Lease, fn func(ctx context.Context, tx pgx.Tx) error) error {
-	if err := s.Holds(l); err != nil {
+	until, err := s.holdsUntil(l)
+	if err != nil {
 		s.cfg.Metrics.fencedWrite()
 		return err
 	}
-	tx, err := s.cfg.Pool.Begin(ctx)
+	// Past the deadline the sessions of the shard are being stopped and the
+	// lease may expire soon: an open transaction would keep peers from
+	// claiming it after it has.
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	tx, err := s.cfg.WritePool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("runner: fenced write, shard %d: begin: %w", l.Shard, err)
 	}
@@ -287,7 +316,7 @@ func (s *Shards) Fenced(ctx context.Context, l Lease, fn func(ctx context.Contex
 	var one int
 	err = tx.QueryRow(ctx, `SELECT 1 FROM shard_leases
 		WHERE shard = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()
-		FOR SHARE`, l.Shard, s.cfg.RunnerID, l.Epoch).Scan(&one)
+		FOR KEY SHARE`, l.Shard, s.cfg.RunnerID, l.Epoch).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
 		s.cfg.Metrics.fencedWrite()
 		return &FencedError{Lease: l, Reason: "lease not held in Postgres"}
