@@ -87,7 +87,7 @@ type ShardsConfig struct {
 	// behind a slow database or a row lock can never take the connections
 	// renewals need (docs/ownership.md, "Slow database").
 	WritePool *pgxpool.Pool
-	RunnerID string
+	RunnerID  string
 	// TTL of a lease (and of a heartbeat). Every replica of a fleet must use
 	// the same TTL. Renewals run every TTL/3. Default DefaultLeaseTTL.
 	TTL time.Duration
