@@ -31,7 +31,7 @@ const (
 	// workflow's id, which Temporal shows anyway) so operator tools that have
 	// no workflow context (codec decode, codec serve) can still open it.
 	MetadataWorkflowID = "encryption-workflow-id"
-	KeySize            = 32 // AES-256
+	KeySize            = 32                       // AES-256
 	aadPrefix          = "agentrunner-payload:"   // format 1: + key id
 	aadPrefixV2        = "agentrunner-payload:2:" // format 2: + key id + NUL + workflow id
 )
@@ -73,7 +73,7 @@ type Codec struct {
 }
 
 var (
-	_ converter.PayloadCodec                        = (*Codec)(nil)
+	_ converter.PayloadCodec                         = (*Codec)(nil)
 	_ converter.PayloadCodecWithSerializationContext = (*Codec)(nil)
 )
 
