@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -63,8 +64,9 @@ type AdminConfig struct {
 
 // Admin serves the admin endpoints.
 type Admin struct {
-	cfg AdminConfig
-	log zerolog.Logger
+	cfg    AdminConfig
+	log    zerolog.Logger
+	logins *loginLimiter // rate limit of POST /login (admin_page.go)
 }
 
 // NewAdmin returns the admin server.
@@ -75,7 +77,7 @@ func NewAdmin(cfg AdminConfig) *Admin {
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.NewRegistry()
 	}
-	return &Admin{cfg: cfg, log: cfg.Logger.With().Str("component", "admin").Logger()}
+	return &Admin{cfg: cfg, log: cfg.Logger.With().Str("component", "admin").Logger(), logins: newLoginLimiter()}
 }
 
 // Handler serves the status page, /api/v1/* and /healthz, /readyz, /metrics.
@@ -134,13 +136,21 @@ func secureHeaders(h http.Handler) http.Handler {
 }
 
 // readyz: Postgres answers, every ReadyCheck passes, the leases are renewing.
+// Each check reads "ok" or "failed"; the error text of a failed check is
+// logged, and shown only to a caller authenticated with the admin token
+// (bearer or the page's cookie), never to an anonymous probe.
 func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
 	checks := map[string]string{}
 	ready := true
+	detailed := a.cfg.Token != "" && a.authed(r)
 	check := func(name string, err error) {
 		if err != nil {
 			ready = false
-			checks[name] = err.Error()
+			a.log.Warn().Err(err).Str("check", name).Msg("readiness check failed")
+			checks[name] = "failed"
+			if detailed {
+				checks[name] = "failed: " + err.Error()
+			}
 			return
 		}
 		checks[name] = "ok"
@@ -183,8 +193,8 @@ func bearer(r *http.Request) string {
 	return ""
 }
 
-// authed: no token configured (reads open), or the bearer header or the
-// page's cookie holds it.
+// authed: no token configured (reads open), or the bearer header holds it,
+// or the page's cookie is one this token signed and has not expired.
 func (a *Admin) authed(r *http.Request) bool {
 	if a.cfg.Token == "" {
 		return true
@@ -193,15 +203,39 @@ func (a *Admin) authed(r *http.Request) bool {
 		return true
 	}
 	c, err := r.Cookie(adminCookie)
-	return err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(a.cookieValue())) == 1
+	return err == nil && a.cookieOK(c.Value, time.Now())
 }
 
-// cookieValue is what the page's cookie holds: an HMAC of the admin token,
-// so the token itself never travels back in a response.
-func (a *Admin) cookieValue() string {
+// cookieLifetime is how long a page sign-in lasts (cookie Max-Age and the
+// expiry signed into its value).
+const cookieLifetime = 12 * time.Hour
+
+// cookieValue is what the page's cookie holds: "v2.<expiry unix seconds>.<HMAC
+// of the expiry under the admin token>", so the token itself never travels
+// back in a response and a copied cookie stops working at its expiry
+// whatever the browser does.
+func (a *Admin) cookieValue(expires time.Time) string {
+	exp := strconv.FormatInt(expires.Unix(), 10)
+	return "v2." + exp + "." + a.cookieMAC(exp)
+}
+
+func (a *Admin) cookieMAC(exp string) string {
 	m := hmac.New(sha256.New, []byte(a.cfg.Token))
-	m.Write([]byte("agentrunner admin page cookie v1"))
+	m.Write([]byte("agentrunner admin page cookie v2\x00" + exp))
 	return hex.EncodeToString(m.Sum(nil))
+}
+
+// cookieOK checks a cookie value's signature and expiry.
+func (a *Admin) cookieOK(v string, now time.Time) bool {
+	parts := strings.Split(v, ".")
+	if len(parts) != 3 || parts[0] != "v2" {
+		return false
+	}
+	exp, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || subtle.ConstantTimeCompare([]byte(parts[2]), []byte(a.cookieMAC(parts[1]))) != 1 {
+		return false
+	}
+	return now.Before(time.Unix(exp, 0)) && time.Unix(exp, 0).Before(now.Add(cookieLifetime+time.Minute))
 }
 
 type apiFunc func(w http.ResponseWriter, r *http.Request) (any, error)

@@ -8,11 +8,16 @@ import (
 	"context"
 	"embed"
 	"html/template"
+	"math"
+	"net"
 	"net/http"
-	"net/url"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 //go:embed status/*.html status/*.css
@@ -82,22 +87,11 @@ func (a *Admin) pages(mux *http.ServeMux) {
 	mux.HandleFunc("GET /bots/{id}", a.page(a.botPage))
 }
 
-// page guards a page: without the token it shows the login form; a
-// ?token= is moved into the cookie and dropped from the address.
+// page guards a page: without the token it shows the login form. The token
+// is accepted only by the form's POST (login), never in the address: a
+// ?token= would land in access logs, proxies and the browser's history.
 func (a *Admin) page(f func(r *http.Request) (string, pageData, int)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if t := r.URL.Query().Get("token"); t != "" {
-			q := r.URL.Query()
-			q.Del("token")
-			u := url.URL{Path: r.URL.Path, RawQuery: q.Encode()}
-			if a.tokenOK(t) {
-				a.setCookie(w)
-				http.Redirect(w, r, u.String(), http.StatusSeeOther)
-				return
-			}
-			a.render(w, "login", pageData{Title: "Sign in", Error: "wrong token"}, http.StatusUnauthorized)
-			return
-		}
 		if !a.authed(r) {
 			a.render(w, "login", pageData{Title: "Sign in"}, http.StatusUnauthorized)
 			return
@@ -107,12 +101,23 @@ func (a *Admin) page(f func(r *http.Request) (string, pageData, int)) http.Handl
 	}
 }
 
-func (a *Admin) setCookie(w http.ResponseWriter) {
-	http.SetCookie(w, &http.Cookie{Name: adminCookie, Value: a.cookieValue(), Path: "/", HttpOnly: true,
-		SameSite: http.SameSiteStrictMode, MaxAge: 12 * 3600})
+// setCookie signs the page in: HttpOnly, SameSite=Strict, 12 h (Max-Age and
+// the expiry signed into the value), and Secure when the request came over
+// TLS or through a proxy that says it did (X-Forwarded-Proto: https; trusting
+// it can only add the flag, never remove it).
+func (a *Admin) setCookie(w http.ResponseWriter, r *http.Request) {
+	exp := time.Now().Add(cookieLifetime)
+	secure := r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+	http.SetCookie(w, &http.Cookie{Name: adminCookie, Value: a.cookieValue(exp), Path: "/", HttpOnly: true,
+		Secure: secure, SameSite: http.SameSiteStrictMode, MaxAge: int(cookieLifetime / time.Second), Expires: exp})
 }
 
 func (a *Admin) login(w http.ResponseWriter, r *http.Request) {
+	if ok, wait := a.logins.allow(clientIP(r), time.Now()); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+		a.render(w, "login", pageData{Title: "Sign in", Error: "too many sign-in attempts; wait a moment"}, http.StatusTooManyRequests)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	if err := r.ParseForm(); err != nil {
 		a.render(w, "login", pageData{Title: "Sign in", Error: "bad form"}, http.StatusBadRequest)
@@ -123,11 +128,70 @@ func (a *Admin) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !a.tokenOK(r.PostForm.Get("token")) {
+		a.log.Info().Str("client", clientIP(r)).Msg("status page sign-in with a wrong token")
 		a.render(w, "login", pageData{Title: "Sign in", Error: "wrong token"}, http.StatusUnauthorized)
 		return
 	}
-	a.setCookie(w)
+	a.setCookie(w, r)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// Sign-in rate limit: per client address, a burst of loginBurst attempts
+// then one every loginEvery; at most loginClients addresses are tracked, and
+// when that many are busy the rest share one limiter.
+const (
+	loginBurst   = 5
+	loginEvery   = 12 * time.Second
+	loginClients = 4096
+)
+
+// loginLimiter rate-limits POST /login per client address, in bounded memory.
+type loginLimiter struct {
+	mu       sync.Mutex
+	per      map[string]*rate.Limiter
+	overflow *rate.Limiter
+}
+
+func newLoginLimiter() *loginLimiter {
+	return &loginLimiter{per: map[string]*rate.Limiter{}, overflow: rate.NewLimiter(rate.Every(loginEvery), loginBurst)}
+}
+
+// allow takes one attempt for client; refused, it says how long to wait.
+func (l *loginLimiter) allow(client string, now time.Time) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim := l.per[client]
+	if lim == nil {
+		if len(l.per) >= loginClients {
+			for c, x := range l.per { // forget clients whose bucket has refilled
+				if x.TokensAt(now) >= loginBurst {
+					delete(l.per, c)
+				}
+			}
+		}
+		if len(l.per) < loginClients {
+			lim = rate.NewLimiter(rate.Every(loginEvery), loginBurst)
+			l.per[client] = lim
+		} else {
+			lim = l.overflow
+		}
+	}
+	res := lim.ReserveN(now, 1)
+	if d := res.DelayFrom(now); d > 0 {
+		res.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}
+
+// clientIP is the host of the request's peer address (a proxy in front
+// makes every client one address: the limit is then global).
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func (a *Admin) render(w http.ResponseWriter, name string, d pageData, code int) {

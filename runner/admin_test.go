@@ -3,10 +3,13 @@ package runner
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/migrations/pgtest"
 	"buko.app/agentrunner/runner/runnertest"
 	"buko.app/agentrunner/vault"
 )
@@ -58,6 +62,9 @@ func (c *adminClient) do(method, path, auth, body string) (int, http.Header, str
 	req, err := http.NewRequest(method, c.base+path, rd)
 	if err != nil {
 		c.t.Fatal(err)
+	}
+	if method == http.MethodPost && path == "/login" {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
 	if auth != "" {
 		req.Header.Set("Authorization", "Bearer "+auth)
@@ -214,10 +221,10 @@ func TestAdminAPIAndPage(t *testing.T) {
 		})
 	}
 
-	// The page: ?token= once sets the cookie; the table lists every bot.
-	code, hdr, _ := c.do("GET", "/?token="+testAdminToken, "", "")
+	// The page: the login form's POST sets the cookie; the table lists every bot.
+	code, hdr, _ := c.do("POST", "/login", "", "token="+testAdminToken)
 	if code != http.StatusSeeOther || !strings.Contains(hdr.Get("Set-Cookie"), "HttpOnly") || !strings.Contains(hdr.Get("Set-Cookie"), "SameSite=Strict") {
-		t.Fatalf("?token=: HTTP %d, Set-Cookie %q", code, hdr.Get("Set-Cookie"))
+		t.Fatalf("POST /login: HTTP %d, Set-Cookie %q", code, hdr.Get("Set-Cookie"))
 	}
 	page := c.expect("GET", "/", testAdminToken, "", 200)
 	for _, b := range bots {
@@ -257,5 +264,197 @@ func TestAdminAPIAndPage(t *testing.T) {
 		if strings.Contains(all, testAdminToken) {
 			t.Fatal("the admin token appears in an admin response")
 		}
+	}
+}
+
+// newLoginServer is an admin server over a migrated, empty database, for the
+// sign-in and readiness tests (tls: served over HTTPS).
+func newLoginServer(t *testing.T, tls bool, ready ...ReadyCheck) (*Admin, *adminClient) {
+	t.Helper()
+	pool := newPool(t, pgtest.New(t))
+	a := NewAdmin(AdminConfig{Pool: pool, Token: testAdminToken, Ready: ready, RunnerID: "login", Logger: testLogger(t)})
+	var srv *httptest.Server
+	if tls {
+		srv = httptest.NewTLSServer(a.Handler())
+	} else {
+		srv = httptest.NewServer(a.Handler())
+	}
+	t.Cleanup(srv.Close)
+	hc := srv.Client()
+	hc.Timeout = 30 * time.Second
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return a, &adminClient{t: t, base: srv.URL, hc: hc}
+}
+
+// getWithCookie GETs path with the page cookie set to value.
+func (c *adminClient) getWithCookie(path, value string) int {
+	c.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, c.base+path, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	req.AddCookie(&http.Cookie{Name: adminCookie, Value: value})
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// login POSTs the form; it returns the status and the page cookie set, if any.
+func (c *adminClient) login(token string, hdr map[string]string) (int, *http.Cookie, http.Header) {
+	c.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, c.base+"/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	for _, ck := range resp.Cookies() {
+		if ck.Name == adminCookie {
+			return resp.StatusCode, ck, resp.Header
+		}
+	}
+	return resp.StatusCode, nil, resp.Header
+}
+
+func TestAdminPageSignInOnlyByFormPOST(t *testing.T) {
+	a, c := newLoginServer(t, false)
+
+	// The token in the address signs nothing in.
+	code, hdr, out := c.do("GET", "/?token="+testAdminToken, "", "")
+	if code != http.StatusUnauthorized || hdr.Get("Set-Cookie") != "" || !strings.Contains(out, `action="/login"`) {
+		t.Fatalf("GET /?token=: HTTP %d, Set-Cookie %q: %.300s", code, hdr.Get("Set-Cookie"), out)
+	}
+	c.expect("GET", "/bots/x?token="+testAdminToken, "", "", http.StatusUnauthorized)
+
+	// The form's POST does; the cookie is HttpOnly, SameSite=Strict, expires in 12 h, not Secure over plain HTTP.
+	code, ck, _ := c.login(testAdminToken, nil)
+	if code != http.StatusSeeOther || ck == nil {
+		t.Fatalf("POST /login: HTTP %d, cookie %v", code, ck)
+	}
+	if !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.MaxAge != 12*3600 || ck.Secure {
+		t.Fatalf("cookie flags: %+v", ck)
+	}
+	if d := time.Until(ck.Expires); d < 11*time.Hour || d > 13*time.Hour {
+		t.Fatalf("cookie Expires %v", ck.Expires)
+	}
+	if strings.Contains(ck.Value, testAdminToken) {
+		t.Fatal("the cookie holds the admin token")
+	}
+	if got := c.getWithCookie("/", ck.Value); got != http.StatusOK {
+		t.Fatalf("page with the cookie: HTTP %d", got)
+	}
+
+	// Behind a TLS-terminating proxy the cookie is Secure.
+	if _, ck, _ := c.login(testAdminToken, map[string]string{"X-Forwarded-Proto": "https"}); ck == nil || !ck.Secure {
+		t.Fatalf("X-Forwarded-Proto https: cookie %+v", ck)
+	}
+
+	// The server checks the expiry signed into the value, whatever the browser keeps.
+	if got := c.getWithCookie("/", a.cookieValue(time.Now().Add(-time.Second))); got != http.StatusUnauthorized {
+		t.Fatalf("expired cookie: HTTP %d", got)
+	}
+	parts := strings.Split(ck.Value, ".")
+	later := strconv.FormatInt(time.Now().Add(10*time.Hour).Unix()+1, 10)
+	if got := c.getWithCookie("/", parts[0]+"."+later+"."+parts[2]); got != http.StatusUnauthorized {
+		t.Fatalf("cookie with a changed expiry: HTTP %d", got)
+	}
+	other := NewAdmin(AdminConfig{Token: "another-token-0123456789"})
+	if got := c.getWithCookie("/", other.cookieValue(time.Now().Add(time.Hour))); got != http.StatusUnauthorized {
+		t.Fatalf("cookie signed by another token: HTTP %d", got)
+	}
+}
+
+func TestAdminPageCookieSecureOverTLS(t *testing.T) {
+	_, c := newLoginServer(t, true)
+	code, ck, _ := c.login(testAdminToken, nil)
+	if code != http.StatusSeeOther || ck == nil || !ck.Secure || !ck.HttpOnly {
+		t.Fatalf("POST /login over TLS: HTTP %d, cookie %+v", code, ck)
+	}
+}
+
+func TestAdminPageSignInRateLimit(t *testing.T) {
+	_, c := newLoginServer(t, false)
+	for i := 0; i < loginBurst; i++ {
+		if code, _, _ := c.login("wrong", nil); code != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: HTTP %d, want 401", i+1, code)
+		}
+	}
+	// The next attempt is refused before the token is looked at, even the right one.
+	code, ck, hdr := c.login(testAdminToken, nil)
+	if code != http.StatusTooManyRequests || ck != nil {
+		t.Fatalf("attempt over the limit: HTTP %d, cookie %v", code, ck)
+	}
+	if s, err := strconv.Atoi(hdr.Get("Retry-After")); err != nil || s < 1 || s > int(loginEvery/time.Second) {
+		t.Fatalf("Retry-After %q", hdr.Get("Retry-After"))
+	}
+}
+
+func TestLoginLimiterPerClientAndBounded(t *testing.T) {
+	l := newLoginLimiter()
+	now := time.Now()
+	for i := 0; i < loginBurst; i++ {
+		if ok, _ := l.allow("10.0.0.1", now); !ok {
+			t.Fatalf("attempt %d refused", i+1)
+		}
+	}
+	if ok, wait := l.allow("10.0.0.1", now); ok || wait <= 0 {
+		t.Fatalf("over the burst: ok=%v wait=%v", ok, wait)
+	}
+	if ok, _ := l.allow("10.0.0.2", now); !ok {
+		t.Fatal("another client was limited too")
+	}
+	if ok, _ := l.allow("10.0.0.1", now.Add(loginEvery)); !ok {
+		t.Fatal("no attempt after the refill interval")
+	}
+	// Many clients: the map stays bounded (idle clients are forgotten, the rest share one limiter).
+	for i := 0; i < loginClients+100; i++ {
+		l.allow(fmt.Sprintf("192.0.2.%d/%d", i%256, i), now)
+	}
+	if len(l.per) > loginClients {
+		t.Fatalf("%d clients tracked, limit %d", len(l.per), loginClients)
+	}
+	l.allow("late", now.Add(time.Hour)) // everyone has refilled: they are forgotten
+	if len(l.per) > 1 {
+		t.Fatalf("%d clients tracked after an hour of quiet", len(l.per))
+	}
+}
+
+func TestReadyzHidesErrorsFromAnonymousCallers(t *testing.T) {
+	const secretish = "dial tcp 10.1.2.3:7233: connect: connection refused (detail)"
+	_, c := newLoginServer(t, false, ReadyCheck{Name: "temporal", Check: func(context.Context) error { return errors.New(secretish) }})
+	var got struct {
+		Ready  bool              `json:"ready"`
+		Checks map[string]string `json:"checks"`
+	}
+	out := c.expect("GET", "/readyz", "", "", http.StatusServiceUnavailable)
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Ready || got.Checks["temporal"] != "failed" || got.Checks["postgres"] != "ok" || strings.Contains(out, "10.1.2.3") {
+		t.Fatalf("anonymous /readyz: %s", out)
+	}
+	// The admin token shows the error.
+	out = c.expect("GET", "/readyz", testAdminToken, "", http.StatusServiceUnavailable)
+	if !strings.Contains(out, "10.1.2.3") {
+		t.Fatalf("authenticated /readyz has no detail: %s", out)
+	}
+	// The ops listener (no auth at all) says as little.
+	a := NewAdmin(AdminConfig{Ready: []ReadyCheck{{Name: "temporal", Check: func(context.Context) error { return errors.New(secretish) }}}})
+	rec := httptest.NewRecorder()
+	a.OpsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if rec.Code != http.StatusServiceUnavailable || strings.Contains(rec.Body.String(), "10.1.2.3") {
+		t.Fatalf("ops /readyz: HTTP %d: %s", rec.Code, rec.Body.String())
 	}
 }

@@ -78,11 +78,16 @@ type ShardHandler interface {
 
 // ShardsConfig configures a replica's ownership.
 type ShardsConfig struct {
-	// Pool for the lease statements and fenced writes. Give it connections
-	// of its own (NewSupervisor does), so renewals never queue behind bulk
-	// work such as handoffs.
-	Pool     *pgxpool.Pool
-	RunnerID string
+	// Pool for the lease statements (heartbeat and renew, claim, release,
+	// notify). Give it connections of its own (NewSupervisor does), so
+	// renewals never queue behind bulk work such as handoffs.
+	Pool *pgxpool.Pool
+	// WritePool is for the fenced writes (Fenced). Default Pool; give it
+	// connections of its own (NewSupervisor does), so fenced writes stuck
+	// behind a slow database or a row lock can never take the connections
+	// renewals need (docs/ownership.md, "Slow database").
+	WritePool *pgxpool.Pool
+	RunnerID  string
 	// TTL of a lease (and of a heartbeat). Every replica of a fleet must use
 	// the same TTL. Renewals run every TTL/3. Default DefaultLeaseTTL.
 	TTL time.Duration
@@ -120,6 +125,9 @@ func (c *ShardsConfig) setDefaults() error {
 	}
 	if c.Handler == nil {
 		return errors.New("runner: ShardsConfig.Handler is nil")
+	}
+	if c.WritePool == nil {
+		c.WritePool = c.Pool
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultLeaseTTL
@@ -170,6 +178,10 @@ type Shards struct {
 	nextWake time.Time   // a peer's lease or heartbeat expires then: tick to take over
 	stopping map[int]int // shards whose sessions are being stopped (count of jobs)
 	jobs     sync.WaitGroup
+
+	// afterFence, if set (tests only), runs in fenceExpired between leaving
+	// the critical section and starting to stop the fenced shards' sessions.
+	afterFence func(fenced []Lease)
 }
 
 // NewShards checks cfg and returns a replica's ownership; Run starts it.
@@ -243,6 +255,16 @@ func (s *Shards) Holds(l Lease) error {
 	return s.holdsLocked(l, false)
 }
 
+// holdsUntil is Holds that also returns the lease's local deadline.
+func (s *Shards) holdsUntil(l Lease) (time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.holdsLocked(l, false); err != nil {
+		return time.Time{}, err
+	}
+	return s.held[l.Shard].validUntil, nil
+}
+
 // Active is Holds for starting work: it also refuses a lease being released.
 func (s *Shards) Active(l Lease) bool {
 	s.mu.Lock()
@@ -265,17 +287,28 @@ func (s *Shards) holdsLocked(l Lease, forStart bool) error {
 	return nil
 }
 
-// Fenced runs fn inside a transaction that first locks the lease row FOR
+// Fenced runs fn inside a transaction that first locks the lease row FOR KEY
 // SHARE where owner = this replica, epoch = l.Epoch and the lease has not
 // expired by Postgres's clock. While the transaction is open nobody can claim
-// the shard (claims skip locked rows). If the lease is not held so, fn does
-// not run and the error is a *FencedError (errors.Is(err, ErrFenced)).
+// the shard (claims lock FOR UPDATE SKIP LOCKED, which conflicts with it),
+// yet the renewal's UPDATE of expires_at does not wait for it (a non-key
+// update conflicts only with FOR UPDATE and FOR NO KEY UPDATE): a fenced
+// write stuck behind a row lock or a slow statement never holds a renewal
+// up. The transaction runs on WritePool and is cancelled when the lease's
+// local deadline passes. If the lease is not held so, fn does not run and
+// the error is a *FencedError (errors.Is(err, ErrFenced)).
 func (s *Shards) Fenced(ctx context.Context, l Lease, fn func(ctx context.Context, tx pgx.Tx) error) error {
-	if err := s.Holds(l); err != nil {
+	until, err := s.holdsUntil(l)
+	if err != nil {
 		s.cfg.Metrics.fencedWrite()
 		return err
 	}
-	tx, err := s.cfg.Pool.Begin(ctx)
+	// Past the deadline the sessions of the shard are being stopped and the
+	// lease may expire soon: an open transaction would keep peers from
+	// claiming it after it has.
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	tx, err := s.cfg.WritePool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("runner: fenced write, shard %d: begin: %w", l.Shard, err)
 	}
@@ -283,7 +316,7 @@ func (s *Shards) Fenced(ctx context.Context, l Lease, fn func(ctx context.Contex
 	var one int
 	err = tx.QueryRow(ctx, `SELECT 1 FROM shard_leases
 		WHERE shard = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()
-		FOR SHARE`, l.Shard, s.cfg.RunnerID, l.Epoch).Scan(&one)
+		FOR KEY SHARE`, l.Shard, s.cfg.RunnerID, l.Epoch).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
 		s.cfg.Metrics.fencedWrite()
 		return &FencedError{Lease: l, Reason: "lease not held in Postgres"}
@@ -539,6 +572,7 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 			lost = append(lost, l)
 		}
 	}
+	s.markStoppingLocked(lost, 1) // with the delete, as in fenceExpired
 	s.ready = true
 	s.peers = peers
 	s.nextWake = time.Time{}
@@ -566,7 +600,7 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 	if len(lost) > 0 {
 		s.cfg.Metrics.lost(LossStolen, len(lost))
 		s.log.Warn().Ints("shards", leaseShards(lost)).Msg("leases lost (expired or claimed by a peer); stopping their sessions")
-		s.stopJob(ctx, lost, LossStolen, s.cfg.Margin)
+		s.stopMarked(ctx, lost, LossStolen, s.cfg.Margin)
 	}
 
 	if draining {
@@ -799,10 +833,12 @@ func (s *Shards) releaseLeases(ctx context.Context, ls []Lease, reason string) {
 	s.log.Debug().Str("reason", reason).Int("released", n).Int("held", nHeld).Msg("released a batch of shards")
 }
 
-// stopJob runs Handler.Lost in the background with a deadline of d (for
+// stopMarked runs Handler.Lost in the background with a deadline of d (for
 // fenced/stolen shards: before anyone else may claim them).
-func (s *Shards) stopJob(ctx context.Context, ls []Lease, reason string, d time.Duration) {
-	s.markStopping(ls, 1)
+// The caller has already marked ls stopping (markStoppingLocked, in the
+// critical section that removed them from held); the job unmarks them when
+// Lost returns.
+func (s *Shards) stopMarked(ctx context.Context, ls []Lease, reason string, d time.Duration) {
 	s.jobs.Add(1)
 	go func() {
 		defer s.jobs.Done()
@@ -816,6 +852,10 @@ func (s *Shards) stopJob(ctx context.Context, ls []Lease, reason string, d time.
 func (s *Shards) markStopping(ls []Lease, delta int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.markStoppingLocked(ls, delta)
+}
+
+func (s *Shards) markStoppingLocked(ls []Lease, delta int) {
 	for _, l := range ls {
 		s.stopping[l.Shard] += delta
 		if s.stopping[l.Shard] <= 0 {
@@ -867,10 +907,17 @@ func (s *Shards) fenceExpired(ctx context.Context) {
 			delete(s.held, shard)
 		}
 	}
+	// In the same critical section: a shard leaves held and enters stopping
+	// at once, so no tick ever sees it as neither (an orphan it would
+	// release for a peer to claim while its sessions still run).
+	s.markStoppingLocked(fenced, 1)
 	nHeld := len(s.held)
 	s.mu.Unlock()
 	if len(fenced) == 0 {
 		return
+	}
+	if s.afterFence != nil {
+		s.afterFence(fenced)
 	}
 	s.cfg.Metrics.fencedSelf()
 	s.cfg.Metrics.lost(LossFenced, len(fenced))
@@ -878,7 +925,7 @@ func (s *Shards) fenceExpired(ctx context.Context) {
 	s.log.Error().Ints("shards", leaseShards(fenced)).Dur("margin", s.cfg.Margin).
 		Msg("self-fencing: no renew before the deadline; stopping the sessions of these shards before their leases expire")
 	// The leases expire no earlier than margin from now: stop within most of it.
-	s.stopJob(ctx, fenced, LossFenced, s.cfg.Margin*3/4)
+	s.stopMarked(ctx, fenced, LossFenced, s.cfg.Margin*3/4)
 }
 
 // Drain stops claiming, marks the replica draining (peers stop counting it),

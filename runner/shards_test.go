@@ -145,11 +145,18 @@ func startReplica(t *testing.T, w *world, pool *pgxpool.Pool, name string, m *Me
 // startReplicaWait starts a replica whose handler takes lostWait to stop a shard's sessions.
 func startReplicaWait(t *testing.T, w *world, pool *pgxpool.Pool, name string, m *Metrics, lostWait time.Duration) *replica {
 	t.Helper()
+	return startReplicaConfig(t, w, ShardsConfig{Pool: pool, RunnerID: name, Metrics: m}, lostWait)
+}
+
+// startReplicaConfig starts a replica from cfg (Pool, WritePool, RunnerID,
+// Metrics); the TTL, handler and logger are the test's.
+func startReplicaConfig(t *testing.T, w *world, cfg ShardsConfig, lostWait time.Duration) *replica {
+	t.Helper()
+	name := cfg.RunnerID
 	r := &replica{name: name, w: w, mine: map[int]int64{}, reasons: map[string]int{}, done: make(chan error, 1), lostWait: lostWait}
-	sh, err := NewShards(ShardsConfig{
-		Pool: pool, RunnerID: name, TTL: testTTL, Handler: r,
-		Logger: testLogger(t).With().Str("replica", name).Logger(), Metrics: m,
-	})
+	cfg.TTL, cfg.Handler = testTTL, r
+	cfg.Logger = testLogger(t).With().Str("replica", name).Logger()
+	sh, err := NewShards(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,5 +392,217 @@ func TestDuplicateRunnerIDIsRefused(t *testing.T) {
 	// Once the first is gone, the second takes over.
 	first.stop()
 	waitFor(t, "the second to hold every shard", 30*time.Second, func() bool { return second.count() == 128 })
+	w.check(t)
+}
+
+// TestSelfFencingKeepsTheShardUntilSessionsStop pauses fenceExpired right
+// after it takes a shard out of held, before its sessions stop, and makes a
+// tick run meanwhile: the shard must stay this replica's in Postgres (not
+// released as an orphan), so no peer can claim it while its old sessions may
+// still run.
+func TestSelfFencingKeepsTheShardUntilSessionsStop(t *testing.T) {
+	dsn := pgtest.New(t)
+	pool := newPool(t, dsn)
+	ctx := context.Background()
+	w := newWorld()
+	a := &replica{name: "a", w: w, mine: map[int]int64{}, reasons: map[string]int{}, done: make(chan error, 1)}
+	sh, err := NewShards(ShardsConfig{Pool: pool, RunnerID: "a", TTL: testTTL, Handler: a, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.sh = sh
+	paused := make(chan Lease, 1)
+	resume := make(chan struct{})
+	var victim Lease
+	sh.afterFence = func(fenced []Lease) {
+		for _, l := range fenced {
+			if l == victim {
+				paused <- l
+				<-resume
+			}
+		}
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	go func() { a.done <- sh.Run(rctx) }()
+	t.Cleanup(a.stop)
+	waitFor(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
+
+	victim = sh.Held()[5] // read by afterFence only after the watchdog is poked below
+	// Pass the victim's local deadline (its Postgres lease is still valid for
+	// up to a TTL): the watchdog fences it and pauses in afterFence.
+	expire := func() {
+		sh.mu.Lock()
+		if h := sh.held[victim.Shard]; h != nil && h.epoch == victim.Epoch {
+			h.validUntil = time.Now().Add(-time.Millisecond)
+		}
+		sh.mu.Unlock()
+		sh.pokeWatchdog()
+	}
+	expire()
+	deadline := time.Now().Add(20 * time.Second)
+	for entered := false; !entered; {
+		select {
+		case <-paused:
+			entered = true
+		case <-time.After(200 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("fenceExpired never reached the pause")
+			}
+			expire() // a renew raced the forced deadline: force it again
+		}
+	}
+	defer func() {
+		select {
+		case <-resume:
+		default:
+			close(resume)
+		}
+	}()
+
+	// A full tick (heartbeat, renew, orphan release, rebalance) runs in the gap.
+	var before time.Time
+	if err := pool.QueryRow(ctx, `SELECT now()`).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	sh.Wake()
+	waitFor(t, "a tick during the pause", 10*time.Second, func() bool {
+		var hb time.Time
+		if err := pool.QueryRow(ctx, `SELECT heartbeat_at FROM runners WHERE id = 'a'`).Scan(&hb); err != nil {
+			t.Fatal(err)
+		}
+		return hb.After(before)
+	})
+	// The old code released the shard in that tick's heartbeat statement (and
+	// a claimed it back at a new epoch beside its old sessions).
+	var owner *string
+	var epoch int64
+	if err := pool.QueryRow(ctx, `SELECT owner, epoch FROM shard_leases WHERE shard = $1`, victim.Shard).Scan(&owner, &epoch); err != nil {
+		t.Fatal(err)
+	}
+	if owner == nil || *owner != "a" || epoch != victim.Epoch {
+		o := "NULL"
+		if owner != nil {
+			o = *owner
+		}
+		t.Fatalf("while the sessions of shard %d (epoch %d) were still up, Postgres has owner %s epoch %d: released for a peer to claim", victim.Shard, victim.Epoch, o, epoch)
+	}
+	// A peer trying to claim it right now gets nothing (the lease is still a's and unexpired).
+	var took int
+	if err := pool.QueryRow(ctx, `WITH c AS (UPDATE shard_leases SET owner = 'peer', epoch = epoch + 1
+		WHERE shard = $1 AND (owner IS NULL OR expires_at <= now()) RETURNING 1) SELECT count(*) FROM c`, victim.Shard).Scan(&took); err != nil {
+		t.Fatal(err)
+	}
+	if took != 0 {
+		t.Fatalf("a peer claimed shard %d while a's sessions of it were still running", victim.Shard)
+	}
+
+	close(resume)
+	waitFor(t, "a to stop the fenced shard's sessions", 10*time.Second, func() bool { return a.reason(LossFenced) == 1 })
+	// Once they stopped, the shard is given back and a, alone, claims it again.
+	waitFor(t, "a to hold every shard again", 30*time.Second, func() bool {
+		return a.count() == 128 && sh.Holds(victim) != nil
+	})
+	w.check(t)
+}
+
+// TestRenewalsOutliveStuckFencedWrites holds a row lock on bot_cursors in a
+// test transaction and keeps more fenced writes of that row waiting than the
+// fenced-write pool has connections, on the pools NewSupervisor builds: the
+// renewals must keep succeeding and no shard may fence itself (before, the
+// writers took every connection of the one pool and their FOR SHARE locks
+// on shard_leases held the renewal's UPDATE, so every shard self-fenced).
+func TestRenewalsOutliveStuckFencedWrites(t *testing.T) {
+	dsn := pgtest.New(t)
+	pool := newPool(t, dsn)
+	ctx := context.Background()
+	leasePool, writePool, err := newOwnershipPools(pool.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(leasePool.Close)
+	t.Cleanup(writePool.Close)
+	m := NewMetrics(prometheus.NewRegistry())
+	w := newWorld()
+	a := startReplicaConfig(t, w, ShardsConfig{Pool: leasePool, WritePool: writePool, RunnerID: "a", Metrics: m}, 0)
+	waitFor(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
+
+	if _, err := pool.Exec(ctx, `INSERT INTO bots (id, handle, shard) VALUES ('bot_stuck', 'stuck', 0);
+		INSERT INTO bot_cursors (bot_id, acked_update_id, shard, owner, epoch) VALUES ('bot_stuck', '1', 0, 'a', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lock.Rollback(ctx) }()
+	if _, err := lock.Exec(ctx, `SELECT 1 FROM bot_cursors WHERE bot_id = 'bot_stuck' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+
+	// Writers on distinct shards, each retrying until the test ends (a
+	// fenced write is cancelled at its lease's local deadline).
+	wctx, stopWriters := context.WithCancel(ctx)
+	var writers sync.WaitGroup
+	var wrote sync.Map
+	held := a.sh.Held()
+	for i := 0; i < 2*writePoolConns+2; i++ {
+		l := held[i]
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for wctx.Err() == nil {
+				err := a.sh.Fenced(wctx, l, func(ctx context.Context, tx pgx.Tx) error {
+					_, err := tx.Exec(ctx, `UPDATE bot_cursors SET updated_at = now() WHERE bot_id = 'bot_stuck'`)
+					return err
+				})
+				if err == nil {
+					wrote.Store(l.Shard, true)
+					return
+				}
+				if errors.Is(err, ErrFenced) {
+					return
+				}
+			}
+		}()
+	}
+	defer func() { stopWriters(); writers.Wait() }()
+	waitFor(t, "the fenced writers to wait on the row lock", 20*time.Second, func() bool {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n >= min(writePoolConns, leasePoolConns) // enough to take every connection of either pool
+	})
+	failedBefore := testutil.ToFloat64(m.renewFailures)
+
+	// Three TTLs with the lock held: every renewal succeeds, nothing fences itself.
+	end := time.Now().Add(3 * testTTL)
+	for time.Now().Before(end) {
+		if n := a.reason(LossFenced); n > 0 {
+			t.Fatalf("%d shards fenced themselves while fenced writes waited on a row lock", n)
+		}
+		if f := testutil.ToFloat64(m.renewFailures) - failedBefore; f > 0 {
+			t.Fatalf("%v renewals failed while fenced writes waited on a row lock", f)
+		}
+		if got := a.count(); got != 128 {
+			t.Fatalf("a holds %d shards, want 128", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(m.selfFencing); got != 0 {
+		t.Fatalf("self_fencing_total = %v", got)
+	}
+
+	// The lock goes: the waiting writers get through, fenced as before.
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fenced writers to commit", 20*time.Second, func() bool {
+		n := 0
+		wrote.Range(func(any, any) bool { n++; return true })
+		return n == 2*writePoolConns+2
+	})
 	w.check(t)
 }

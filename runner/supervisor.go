@@ -74,6 +74,7 @@ type Supervisor struct {
 	log       zerolog.Logger
 	shards    *Shards
 	leasePool *pgxpool.Pool // the lease statements' own connections
+	writePool *pgxpool.Pool // fenced writes and the reconcile's reads of bots
 	hc        *http.Client
 
 	runCtx context.Context // sessions live in it; set by Run
@@ -145,26 +146,19 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	if cfg.Pool == nil {
 		return nil, errors.New("runner: SupervisorConfig.Pool is nil")
 	}
-	// Lease renewals and fenced writes get connections of their own: a busy
-	// replica (thousands of handoffs) must never self-fence because its
-	// renewal waited for a connection.
-	lcfg := cfg.Pool.Config().Copy()
-	// The reconcile's reads of bots use them too (one at a time), so
-	// starting the sessions of claimed shards never queues behind handoffs
-	// or admin work on the shared pool either.
-	lcfg.MaxConns, lcfg.MinConns = 4, 1
-	leasePool, err := pgxpool.NewWithConfig(context.Background(), lcfg)
+	leasePool, writePool, err := newOwnershipPools(cfg.Pool.Config())
 	if err != nil {
-		return nil, fmt.Errorf("runner: lease pool: %w", err)
+		return nil, err
 	}
-	s.leasePool = leasePool
+	s.leasePool, s.writePool = leasePool, writePool
 	sh, err := NewShards(ShardsConfig{
-		Pool: leasePool, RunnerID: cfg.RunnerID, TTL: cfg.TTL, Margin: cfg.Margin,
+		Pool: leasePool, WritePool: writePool, RunnerID: cfg.RunnerID, TTL: cfg.TTL, Margin: cfg.Margin,
 		Version: cfg.Version, AdminAddr: cfg.AdminAddr, Handler: s,
 		Logger: cfg.Logger, Metrics: cfg.Metrics,
 	})
 	if err != nil {
 		leasePool.Close()
+		writePool.Close()
 		return nil, err
 	}
 	s.shards = sh
@@ -172,6 +166,35 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	// Postgres at each scrape of this replica's metrics.
 	cfg.Metrics.WatchFleet(cfg.Pool, sh)
 	return s, nil
+}
+
+// Connections of the ownership pools (newOwnershipPools).
+const (
+	leasePoolConns = 3 // heartbeat+renew, claim or release, notify
+	writePoolConns = 4 // fenced writes and the reconcile's reads of bots
+)
+
+// newOwnershipPools opens the two small pools of the ownership, copied from
+// base: one for the lease statements only, one for fenced writes and the
+// reconcile's reads. A busy replica (thousands of handoffs on the shared
+// pool) never self-fences because its renewal waited for a connection, and
+// neither do fenced writes stuck behind a slow database or a row lock
+// (cursor and status flushes, auth_failed), which can take every connection
+// of their own pool but none of the lease pool's. The reconcile's reads
+// never queue behind handoffs or admin work on the shared pool either.
+func newOwnershipPools(base *pgxpool.Config) (lease, write *pgxpool.Pool, err error) {
+	lcfg := base.Copy()
+	lcfg.MaxConns, lcfg.MinConns = leasePoolConns, 1
+	if lease, err = pgxpool.NewWithConfig(context.Background(), lcfg); err != nil {
+		return nil, nil, fmt.Errorf("runner: lease pool: %w", err)
+	}
+	wcfg := base.Copy()
+	wcfg.MaxConns, wcfg.MinConns = writePoolConns, 1
+	if write, err = pgxpool.NewWithConfig(context.Background(), wcfg); err != nil {
+		lease.Close()
+		return nil, nil, fmt.Errorf("runner: fenced-write pool: %w", err)
+	}
+	return lease, write, nil
 }
 
 // Shards is the supervisor's ownership (for status and tests).
@@ -218,6 +241,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.bg.Wait()
 	s.flushCursors(context.Background(), nil)
 	s.leasePool.Close()
+	s.writePool.Close()
 	return err
 }
 
@@ -508,7 +532,7 @@ func (s *Supervisor) activeLeases() []Lease {
 func (s *Supervisor) queryBots(ctx context.Context, sql string, arg any) ([]botRow, error) {
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	rows, err := s.leasePool.Query(qctx, sql, arg)
+	rows, err := s.writePool.Query(qctx, sql, arg)
 	if err != nil {
 		return nil, fmt.Errorf("runner: read bots: %w", err)
 	}

@@ -199,11 +199,21 @@ func TestDecodeJSONOpensHistoryPayloads(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	kr, _ := NewKeyring("k1", map[string][]byte{"k1": bytes.Repeat([]byte{1}, 32)})
 	c := New(kr)
+	bound := NewStrict(kr).WithSerializationContext(converter.WorkflowSerializationContext{WorkflowID: "wf"})
 	good, _ := c.Encode([]*commonpb.Payload{{Data: []byte("x")}})
-	f.Add(good[0].Data, []byte("k1"))
-	f.Add([]byte{}, []byte("k1"))
-	f.Fuzz(func(t *testing.T, data, id []byte) {
+	goodBound, _ := bound.Encode([]*commonpb.Payload{{Data: []byte("x")}})
+	f.Add(good[0].Data, []byte("k1"), false, []byte(nil))
+	f.Add([]byte{}, []byte("k1"), false, []byte(nil))
+	f.Add(goodBound[0].Data, []byte("k1"), true, []byte("wf"))
+	f.Fuzz(func(t *testing.T, data, id []byte, hasWF bool, wf []byte) {
 		p := &commonpb.Payload{Metadata: map[string][]byte{MetadataEncoding: []byte(EncodingEncrypted), MetadataKeyID: id}, Data: data}
+		if hasWF {
+			p.Metadata[MetadataWorkflowID] = wf
+		}
 		_, _ = c.Decode([]*commonpb.Payload{p}) // never panics
+		out, err := bound.Decode([]*commonpb.Payload{p})
+		if err == nil && hasWF && string(wf) != "wf" {
+			t.Fatalf("a payload bound to %q opened for workflow wf: %v", wf, out)
+		}
 	})
 }
