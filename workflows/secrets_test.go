@@ -3,11 +3,13 @@ package workflows
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows/agents"
 	"buko.app/agentrunner/workflows/codec"
 )
 
@@ -57,5 +59,64 @@ func TestCodecKeyWrappedWithTheKeyring(t *testing.T) {
 	}
 	if _, k, _ := kr.EncryptionKey(); !bytes.Equal(k, key) {
 		t.Fatal("unwrapped key differs")
+	}
+}
+
+// A bot's token ciphertext (secret_vault.ciphertext) copied into an agent
+// config must not open as the agent's secret, and an agent secret must not
+// open as the bot's token.
+func TestSecretAndTokenCiphertextsAreSeparateDomains(t *testing.T) {
+	ctx := context.Background()
+	c := localCipher(t)
+	tok, err := vault.ParseToken("bot_AAAAsecretTOKENbody0123456789abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealedTok, err := c.Encrypt(ctx, []vault.Plaintext{{BotID: "bot_a", Token: tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := VaultSecrets{c}.Secret(ctx, "bot_a", sealedTok[0].Ciphertext)
+	if err == nil {
+		t.Fatalf("the token ciphertext opened as an agent secret (%d bytes)", len(got))
+	}
+	if !errors.Is(err, ErrLegacySecret) || !agents.IsPermanent(err) {
+		t.Fatalf("token ciphertext as agent secret: want a permanent ErrLegacySecret, got %v", err)
+	}
+	if strings.Contains(err.Error(), "secretTOKEN") {
+		t.Fatal("the error shows the token")
+	}
+
+	ref, err := SealSecret(ctx, c, "bot_a", "sk-agent-secret-0123")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if toks, err := c.Decrypt(ctx, []vault.Sealed{{BotID: "bot_a", Ciphertext: ref}}); err == nil {
+		t.Fatalf("the agent secret opened as the bot's token (%d bytes)", len(toks[0].Reveal()))
+	} else if !errors.Is(err, vault.ErrCiphertext) {
+		t.Fatalf("agent secret as token: want ErrCiphertext, got %v", err)
+	}
+	// Nor as a codec key.
+	if _, err := (KeyUnwrapper{c}).Unwrap(ctx, ref); err == nil {
+		t.Fatal("the agent secret opened as a codec key")
+	}
+}
+
+// A secret sealed the old way (bound to the bare bot id) is refused with the
+// migration hint, and is never used.
+func TestLegacyAgentSecretIsRefusedWithAHint(t *testing.T) {
+	ctx := context.Background()
+	c := localCipher(t)
+	legacy, err := sealValue(ctx, c, "bot_a", []byte("old-secret-0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = VaultSecrets{c}.Secret(ctx, "bot_a", legacy)
+	if !errors.Is(err, ErrLegacySecret) || !strings.Contains(err.Error(), "codec seal-secret") {
+		t.Fatalf("legacy secret: %v", err)
+	}
+	// Garbage is a ciphertext error, not a legacy one.
+	if _, err := (VaultSecrets{c}).Secret(ctx, "bot_a", "local:v1:AAAA"); errors.Is(err, ErrLegacySecret) || err == nil {
+		t.Fatalf("garbage: %v", err)
 	}
 }
