@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"buko.app/agentrunner/buko/sim"
@@ -140,7 +141,7 @@ func TestBotsCommands(t *testing.T) {
 	f := newCLIFix(t)
 	id, tok := f.simBot(t, map[string]any{"handle": "helper_bot", "display_name": "Helper"})
 	cfg := filepath.Join(t.TempDir(), "agent.json")
-	if err := os.WriteFile(cfg, []byte(`{"url": "http://127.0.0.1:9/agent"}`), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(`{"url": "http://127.0.0.1:9/agent", "secret": "env:AGENTRUNNER_AGENT_SECRET_HELPER"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -355,5 +356,138 @@ func TestBotsRotateTokenOfAnotherBot(t *testing.T) {
 	}
 	if n := f.count(t, `SELECT count(*) FROM secret_vault WHERE rotated_at IS NOT NULL`); n != 0 {
 		t.Fatal("the row was changed")
+	}
+}
+
+// TestBotsAddChecksTheAgentConfig: a config the agent kind would refuse is
+// refused at bots add, naming the field, with nothing written.
+func TestBotsAddChecksTheAgentConfig(t *testing.T) {
+	f := newCLIFix(t)
+	_, tok := f.simBot(t, map[string]any{"handle": "cfg_bot"})
+	t.Setenv("AGENTS_BOTS_TEST_DSN", "postgres://secret-dsn")
+	write := func(body string) string {
+		p := filepath.Join(t.TempDir(), "agent.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for name, c := range map[string]struct{ agent, cfg, msg string }{
+		"typo":            {"http", `{"urll":"http://127.0.0.1:9/a","secret":"env:AGENTRUNNER_AGENT_SECRET_X"}`, `unknown field "urll"`},
+		"wrong type":      {"http", `{"url":"http://127.0.0.1:9/a","secret":"env:AGENTRUNNER_AGENT_SECRET_X","memory_turns":"3"}`, `memory_turns`},
+		"no config":       {"http", ``, `url must be`},
+		"any env var":     {"openai", `{"model":"m","api_key":"env:AGENTS_BOTS_TEST_DSN","base_url":"http://127.0.0.1:9"}`, `api_key`},
+		"plaintext key":   {"openai", `{"model":"m","api_key":"sk-live-plaintext"}`, `api_key`},
+		"echo with field": {"echo", `{"greeting":"hi"}`, `unknown field "greeting"`},
+		"bad timeout":     {"openai", `{"model":"m","api_key":"local:v1:x","timeout":"soon"}`, `timeout`},
+	} {
+		args := []string{"bots", "add", "--handle", "cfg_bot", "--agent", c.agent}
+		if c.cfg != "" {
+			args = append(args, "--agent-config", write(c.cfg))
+		}
+		_, _, err := f.run(t, tok, append(args, f.full()...)...)
+		if err == nil || !isUsage(err) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: want a usage error saying %s, got %v", name, c.msg, err)
+		}
+		if r := f.rows(t); r != [3]int{} {
+			t.Fatalf("%s: rows written: %v", name, r)
+		}
+	}
+	if strings.Contains(f.captured.String(), "sk-live") || strings.Contains(f.captured.String(), "secret-dsn") {
+		t.Fatal("a secret value was echoed")
+	}
+	f.mustRun(t, tok, append([]string{"bots", "add", "--handle", "cfg_bot", "--agent", "openai", "--agent-config",
+		write(`{"model":"m","api_key":"env:AGENTRUNNER_AGENT_SECRET_OPENAI"}`)}, f.full()...)...)
+}
+
+// TestBotsSetAgent: the agent and config change in place, checked like bots
+// add, audited, and announced through the bots trigger.
+func TestBotsSetAgent(t *testing.T) {
+	f := newCLIFix(t)
+	id, tok := f.simBot(t, map[string]any{"handle": "switch_bot"})
+	f.mustRun(t, tok, append([]string{"bots", "add", "--handle", "switch_bot"}, f.full()...)...)
+	ctx := context.Background()
+	listen, err := pgx.Connect(ctx, f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Close(ctx)
+	if _, err := listen.Exec(ctx, `LISTEN agentrunner_bots`); err != nil {
+		t.Fatal(err)
+	}
+	agentOf := func() (kind, cfg string) {
+		t.Helper()
+		if err := f.pool.QueryRow(ctx, `SELECT agent, agent_config::text FROM bots WHERE id = $1`, id).Scan(&kind, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return kind, cfg
+	}
+	audits := func() int {
+		return f.count(t, `SELECT count(*) FROM audit_log WHERE action = 'bot.set-agent' AND bot_id = $1 AND actor LIKE 'cli:%'`, id)
+	}
+
+	// Refused, nothing written.
+	for name, c := range map[string]struct {
+		args []string
+		msg  string
+	}{
+		"typo":       {[]string{"--agent", "http", "--config", `{"url":"http://127.0.0.1:9/a","secrett":"x"}`}, `unknown field "secrett"`},
+		"kind":       {[]string{"--agent", "shell"}, `--agent "shell"`},
+		"no kind":    {nil, "--agent is required"},
+		"not object": {[]string{"--agent", "http", "--config", `[1]`}, "JSON object"},
+		"no file":    {[]string{"--agent", "http", "--config", "@/nonexistent/agent.json"}, "--config"},
+		"env var":    {[]string{"--agent", "http", "--config", `{"url":"http://127.0.0.1:9/a","secret":"env:DATABASE_URL"}`}, "secret"},
+	} {
+		_, _, err := f.run(t, "", append(append([]string{"bots", "set-agent", "switch_bot"}, c.args...), f.db()...)...)
+		if err == nil || !isUsage(err) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: want a usage error saying %s, got %v", name, c.msg, err)
+		}
+	}
+	if k, c := agentOf(); k != "echo" || c != "{}" || audits() != 0 {
+		t.Fatalf("after refusals: agent %s config %s, %d audits", k, c, audits())
+	}
+
+	// From a file: changed, audited, notified.
+	cfgFile := filepath.Join(t.TempDir(), "agent.json")
+	if err := os.WriteFile(cfgFile, []byte(`{"url": "http://127.0.0.1:9/agent", "secret": "env:AGENTRUNNER_AGENT_SECRET_SWITCH", "memory_turns": 4}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := f.mustRun(t, "", append([]string{"bots", "set-agent", "@switch_bot", "--agent", "http", "--config", "@" + cfgFile}, f.db()...)...)
+	if !strings.Contains(out, "now has agent http (was echo)") {
+		t.Fatalf("set-agent: %q", out)
+	}
+	if k, c := agentOf(); k != "http" || !strings.Contains(c, `"memory_turns": 4`) || audits() != 1 {
+		t.Fatalf("after set-agent: agent %s config %s, %d audits", k, c, audits())
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		n, err := listen.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatalf("no bots notification for the change: %v", err)
+		}
+		var ev struct {
+			Op    string `json:"op"`
+			BotID string `json:"bot_id"`
+		}
+		_ = json.Unmarshal([]byte(n.Payload), &ev)
+		if ev.Op == "update" && ev.BotID == id {
+			break
+		}
+	}
+
+	// The same again: nothing written.
+	out = f.mustRun(t, "", append([]string{"bots", "set-agent", id, "--agent", "http", "--config", "@" + cfgFile}, f.db()...)...)
+	if !strings.Contains(out, "already has agent http") || audits() != 1 {
+		t.Fatalf("unchanged set-agent: %q, %d audits", out, audits())
+	}
+	// Inline, back to echo with no config.
+	f.mustRun(t, "", append([]string{"bots", "set-agent", id, "--agent", "echo"}, f.db()...)...)
+	if k, c := agentOf(); k != "echo" || c != "{}" || audits() != 2 {
+		t.Fatalf("back to echo: agent %s config %s, %d audits", k, c, audits())
+	}
+	_, _, err = f.run(t, "", append([]string{"bots", "set-agent", "nobody", "--agent", "echo"}, f.db()...)...)
+	if err == nil || !strings.Contains(err.Error(), "no such managed bot") {
+		t.Fatalf("unknown bot: %v", err)
 	}
 }
