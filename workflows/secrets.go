@@ -36,7 +36,7 @@ func AgentSecretBinding(botID string) string { return agentSecretDomain + botID 
 // of their own (or it is the bot's token ciphertext itself). It is refused:
 // seal the secret again with `agentrunner codec seal-secret` and set it with
 // `agentrunner bots set-agent`.
-var ErrLegacySecret = errors.New("agent secret sealed with the bot-token binding (sealed before agent secrets had their own binding, or a token ciphertext): refused; seal it again with `agentrunner codec seal-secret` and set it with `agentrunner bots set-agent`")
+var ErrLegacySecret = errors.New("agent secret sealed with the bot-token binding (sealed before agent secrets had their own binding, or a token ciphertext): refused; run `agentrunner bots migrate-secrets`, or seal it again with `agentrunner codec seal-secret` and set it with `agentrunner bots set-agent`")
 
 // maxSealedSecret keeps the encoded form within vault.MaxTokenLen.
 const maxSealedSecret = (vault.MaxTokenLen - len(vault.TokenPrefix)) * 3 / 4
@@ -105,6 +105,38 @@ func (v VaultSecrets) Secret(ctx context.Context, botID, ref string) (string, er
 		return "", agents.Permanent(err)
 	}
 	return "", err
+}
+
+// ErrTokenAsSecret: a value in an agent config opens as the bot's own token
+// (a secret_vault ciphertext copied into the config). It is never re-sealed.
+var ErrTokenAsSecret = errors.New("the sealed value is the bot's own token, not an agent secret: refused (remove it from the agent config)")
+
+// ResealLegacySecret migrates one sealed agent secret of botID to the
+// agent-secret domain. A ref that already opens there comes back unchanged
+// (changed false). A ref that opens only under the old binding (the bare bot
+// id) is re-sealed — unless what it holds is botToken, the bot's own token,
+// which is ErrTokenAsSecret. Anything else is the open error. The secret
+// itself never leaves this function.
+func ResealLegacySecret(ctx context.Context, c vault.Cipher, botID, ref string, botToken vault.Token) (newRef string, changed bool, err error) {
+	if _, err := openValue(ctx, c, AgentSecretBinding(botID), ref); err == nil {
+		return ref, false, nil
+	}
+	toks, err := c.Decrypt(ctx, []vault.Sealed{{BotID: botID, Ciphertext: ref}})
+	if err != nil {
+		return "", false, fmt.Errorf("workflows: open legacy secret: %w", err)
+	}
+	if !botToken.IsZero() && toks[0].Equal(botToken) {
+		return "", false, ErrTokenAsSecret
+	}
+	b, err := openValue(ctx, c, botID, ref)
+	if err != nil {
+		return "", false, err
+	}
+	out, err := sealValue(ctx, c, AgentSecretBinding(botID), b)
+	if err != nil {
+		return "", false, err
+	}
+	return out, true, nil
 }
 
 // WrapCodecKey seals a payload-codec key for a codec.KeyFile.

@@ -22,6 +22,7 @@ import (
 
 	"buko.app/agentrunner/runner"
 	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
 	"buko.app/agentrunner/workflows/agents"
 )
 
@@ -60,6 +61,7 @@ Each change is one transaction and is written to audit_log.`,
 		newBotsAddCmd(g), newBotsListCmd(g), newBotsShowCmd(g),
 		newBotsStatusCmd(g, "pause"), newBotsStatusCmd(g, "resume"),
 		newBotsRemoveCmd(g), newBotsRotateCmd(g), newBotsVerifyCmd(g), newBotsSetAgentCmd(g),
+		newBotsMigrateSecretsCmd(g),
 	)
 	return cmd
 }
@@ -659,4 +661,128 @@ func setAgent(ctx context.Context, pool interface {
 			Detail: map[string]any{"handle": b.Handle, "from": from, "to": kind}})
 	})
 	return changed, from, err
+}
+
+// ActionBotMigrateSecrets is the audit_log action of bots migrate-secrets.
+const ActionBotMigrateSecrets = "bot.migrate-secrets"
+
+// agentSecretFields are the agent config fields holding secret references.
+var agentSecretFields = []string{"secret", "api_key"}
+
+func newBotsMigrateSecretsCmd(g *globals) *cobra.Command {
+	var (
+		db dbFlags
+		cf cipherFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "migrate-secrets [BOT...]",
+		Short: "Re-seal agent secrets sealed before they had their own binding (all bots, or those named)",
+		Long: `Agent secrets (the sealed "secret" or "api_key" of an agent config) are bound
+to agent-secret:<bot id>. Values sealed by earlier versions are bound to the
+bare bot id, the binding of bot tokens, and the worker refuses them. This
+command re-seals each such value into the agent-secret domain and writes the
+new reference into the bot's agent config (one transaction and one audit_log
+row per bot). A value that opens as the bot's own token (a secret_vault
+ciphertext copied into the config) is never re-sealed: it is reported and the
+command exits 1. Values already migrated and env: references are left alone.
+The comparison with the token is an audited token read.`,
+		Example: "  agentrunner bots migrate-secrets\n  agentrunner bots migrate-secrets @helper_bot",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env, err := openRegistry(cmd.Context(), g.log, &db, &cf, nil)
+			if err != nil {
+				return err
+			}
+			defer env.close()
+			var bots []runner.Bot
+			if len(args) == 0 {
+				if bots, err = env.reg.List(cmd.Context()); err != nil {
+					return err
+				}
+			}
+			for _, ref := range args {
+				b, err := env.reg.Get(cmd.Context(), ref)
+				if err != nil {
+					return registryError(err)
+				}
+				bots = append(bots, b)
+			}
+			var refused int
+			for _, b := range bots {
+				n, err := migrateBotSecrets(cmd.Context(), env, b)
+				switch {
+				case errors.Is(err, workflows.ErrTokenAsSecret):
+					refused++
+					fmt.Fprintf(cmd.ErrOrStderr(), "@%s (%s): %v\n", b.Handle, b.ID, err)
+				case err != nil:
+					return fmt.Errorf("bots migrate-secrets: @%s (%s): %w", b.Handle, b.ID, err)
+				case n > 0:
+					fmt.Fprintf(cmd.OutOrStdout(), "@%s (%s): re-sealed %d agent secret(s)\n", b.Handle, b.ID, n)
+				}
+			}
+			if refused > 0 {
+				return fmt.Errorf("bots migrate-secrets: %d bot(s) hold their own token in the agent config; fix them with bots set-agent", refused)
+			}
+			return nil
+		},
+	}
+	db.bind(cmd.Flags())
+	cf.bind(cmd.Flags())
+	return cmd
+}
+
+// migrateBotSecrets re-seals the legacy sealed secrets of b's agent config
+// and returns how many it re-sealed.
+func migrateBotSecrets(ctx context.Context, env *registryEnv, b runner.Bot) (int, error) {
+	var cfg map[string]json.RawMessage
+	if err := json.Unmarshal(b.AgentConfig, &cfg); err != nil || cfg == nil {
+		return 0, nil // not an object: nothing to migrate (the worker refuses it anyway)
+	}
+	var (
+		tok     vault.Token
+		changed int
+	)
+	for _, field := range agentSecretFields {
+		var ref string
+		if raw, ok := cfg[field]; !ok || json.Unmarshal(raw, &ref) != nil || ref == "" || strings.HasPrefix(ref, "env:") {
+			continue
+		}
+		if tok.IsZero() {
+			t, err := env.store.LoadOne(ctx, b.ID, vault.Purpose{Actor: operator(), Reason: "migrate-secrets"})
+			if err != nil && !errors.Is(err, vault.ErrNotFound) {
+				return 0, fmt.Errorf("read the bot's token to compare: %w", err)
+			}
+			tok = t
+		}
+		out, ch, err := workflows.ResealLegacySecret(ctx, env.cipher, b.ID, ref, tok)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", field, err)
+		}
+		if ch {
+			cfg[field], _ = json.Marshal(out)
+			changed++
+		}
+	}
+	if changed == 0 {
+		return 0, nil
+	}
+	newCfg, err := json.Marshal(cfg)
+	if err != nil {
+		return 0, err
+	}
+	err = pgx.BeginFunc(ctx, env.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE bots SET agent_config = $2::jsonb, updated_at = now() WHERE id = $1 AND agent_config = $3::jsonb`,
+			b.ID, string(newCfg), string(b.AgentConfig))
+		if err != nil {
+			return fmt.Errorf("update bot: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return errors.New("the agent config changed meanwhile; run the command again")
+		}
+		return vault.Audit(ctx, tx, vault.AuditEntry{Actor: operator(), Action: ActionBotMigrateSecrets, BotID: b.ID,
+			Detail: map[string]any{"handle": b.Handle, "resealed": changed}})
+	})
+	if err != nil {
+		return 0, err
+	}
+	return changed, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -19,6 +20,8 @@ import (
 	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/migrations/pgtest"
 	"buko.app/agentrunner/runner"
+	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
 )
 
 // cliFix is a real Postgres database, a simulator and a keyring for
@@ -489,5 +492,84 @@ func TestBotsSetAgent(t *testing.T) {
 	_, _, err = f.run(t, "", append([]string{"bots", "set-agent", "nobody", "--agent", "echo"}, f.db()...)...)
 	if err == nil || !strings.Contains(err.Error(), "no such managed bot") {
 		t.Fatalf("unknown bot: %v", err)
+	}
+}
+
+// TestBotsMigrateSecrets: agent secrets sealed under the old binding (the
+// bare bot id) are re-sealed into the agent-secret domain; a bot's own token
+// ciphertext in its config is refused, never re-sealed.
+func TestBotsMigrateSecrets(t *testing.T) {
+	f := newCLIFix(t)
+	ctx := context.Background()
+	legacyID, legacyTok := f.simBot(t, map[string]any{"handle": "legacy_bot"})
+	copyID, copyTok := f.simBot(t, map[string]any{"handle": "copy_bot"})
+	f.mustRun(t, legacyTok, append([]string{"bots", "add", "--handle", "legacy_bot"}, f.full()...)...)
+	f.mustRun(t, copyTok, append([]string{"bots", "add", "--handle", "copy_bot"}, f.full()...)...)
+	kr := vault.NewLocal(f.keyring, nil)
+	if err := kr.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The old format: the secret wrapped as a token, sealed bound to the bot id.
+	const secret = "legacy-hmac-secret-0123456789"
+	wrapped, _ := vault.ParseToken(vault.TokenPrefix + base64.RawURLEncoding.EncodeToString([]byte(secret)))
+	old, err := kr.Encrypt(ctx, []vault.Plaintext{{BotID: legacyID, Token: wrapped}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokenCT string
+	if err := f.pool.QueryRow(ctx, `SELECT ciphertext FROM secret_vault WHERE bot_id = $1`, copyID).Scan(&tokenCT); err != nil {
+		t.Fatal(err)
+	}
+	setCfg := func(id, ref string) {
+		cfg, _ := json.Marshal(map[string]string{"url": "http://127.0.0.1:9/a", "secret": ref})
+		if _, err := f.pool.Exec(ctx, `UPDATE bots SET agent = 'http', agent_config = $2::jsonb WHERE id = $1`, id, string(cfg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setCfg(legacyID, old[0].Ciphertext)
+	setCfg(copyID, tokenCT)
+	secretOf := func(id string) (string, error) {
+		var ref string
+		if err := f.pool.QueryRow(ctx, `SELECT agent_config->>'secret' FROM bots WHERE id = $1`, id).Scan(&ref); err != nil {
+			t.Fatal(err)
+		}
+		return workflows.VaultSecrets{Cipher: kr}.Secret(ctx, id, ref)
+	}
+	if _, err := secretOf(legacyID); !errors.Is(err, workflows.ErrLegacySecret) {
+		t.Fatalf("before migration: %v", err)
+	}
+
+	out, errOut, err := f.run(t, "", append([]string{"bots", "migrate-secrets"}, f.cipher()...)...)
+	if err == nil || !strings.Contains(err.Error(), "1 bot(s) hold their own token") || !strings.Contains(errOut, "copy_bot") {
+		t.Fatalf("migrate: want the token copy refused, got %v\n%s", err, errOut)
+	}
+	if !strings.Contains(out, "@legacy_bot ("+legacyID+"): re-sealed 1") {
+		t.Fatalf("migrate output: %q", out)
+	}
+	if got, err := secretOf(legacyID); err != nil || got != secret {
+		t.Fatalf("after migration: %v", err)
+	}
+	var still string
+	_ = f.pool.QueryRow(ctx, `SELECT agent_config->>'secret' FROM bots WHERE id = $1`, copyID).Scan(&still)
+	if still != tokenCT {
+		t.Fatal("the token copy was rewritten")
+	}
+	if _, err := secretOf(copyID); !errors.Is(err, workflows.ErrLegacySecret) {
+		t.Fatalf("token copy as a secret: %v", err)
+	}
+	audit := func() int {
+		return f.count(t, `SELECT count(*) FROM audit_log WHERE action = 'bot.migrate-secrets' AND bot_id = $1`, legacyID)
+	}
+	if audit() != 1 {
+		t.Fatalf("%d audit rows", audit())
+	}
+	// Again: nothing left to do.
+	if out := f.mustRun(t, "", append([]string{"bots", "migrate-secrets", "legacy_bot"}, f.cipher()...)...); out != "" || audit() != 1 {
+		t.Fatalf("second run: %q, %d audit rows", out, audit())
+	}
+	for _, s := range []string{copyTok, legacyTok, secret} {
+		if strings.Contains(f.captured.String(), s) {
+			t.Fatal("a secret was echoed")
+		}
 	}
 }
