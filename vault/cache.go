@@ -208,6 +208,7 @@ func (c *Cache) loadBatch(ctx context.Context, batch []*loadCall, ids []string, 
 	if err == nil {
 		c.decrypted.Add(uint64(len(r.tokens)))
 		c.revalidated.Add(uint64(len(r.unchanged)))
+		c.metrics.cacheLoad(len(r.unchanged))
 	}
 	exp := c.now().Add(c.ttl)
 	c.mu.Lock()
@@ -295,6 +296,7 @@ func (c *Cache) Prefetch(ctx context.Context, botIDs []string) (failed map[strin
 	}
 	c.decrypted.Add(uint64(len(r.tokens)))
 	c.revalidated.Add(uint64(len(r.unchanged)))
+	c.metrics.cacheLoad(len(r.unchanged))
 	for id, t := range r.tokens {
 		if c.invalAt[id] > start {
 			continue // invalidated while loading

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -98,7 +99,8 @@ func TestCacheInvalidateUnchangedRowDoesNotDecrypt(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := testCtx(t)
 			cc := &countingCipher{Cipher: mk(t)}
-			s := NewStore(pool, cc, zerolog.Nop(), nil)
+			m := NewMetrics(nil)
+			s := NewStore(pool, cc, zerolog.Nop(), m)
 			items := seed(t, pool, s, 2, "inval"+name)
 			var now atomic.Int64
 			now.Store(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
@@ -117,8 +119,8 @@ func TestCacheInvalidateUnchangedRowDoesNotDecrypt(t *testing.T) {
 			if d := cc.items.Load(); d != 1 {
 				t.Fatalf("20 × Invalidate+Get on an unchanged row decrypted %d times, want 1", d)
 			}
-			if c.Revalidated() != 20 {
-				t.Fatalf("revalidated %d", c.Revalidated())
+			if c.Revalidated() != 20 || testutil.ToFloat64(m.cacheReval) != 20 || testutil.ToFloat64(m.cacheLoads) != 21 {
+				t.Fatalf("revalidated %d (metric %v), loads metric %v", c.Revalidated(), testutil.ToFloat64(m.cacheReval), testutil.ToFloat64(m.cacheLoads))
 			}
 			// The row changes (a rotation): decrypted again.
 			newTok := mustToken(t, "bot_rotated_"+name+"_"+randHex(4))

@@ -192,6 +192,9 @@ field (docs/agent-protocol.md). Change it later with bots set-agent.`,
 				}
 			}
 			if err := checkAgent(agent, cfg); err != nil {
+				if agentCfg == "" {
+					return usageError{fmt.Errorf("--agent %s without --agent-config: %w", agent, err)}
+				}
 				return usageError{fmt.Errorf("--agent-config %s: %w", agentCfg, err)}
 			}
 			tok, err := readToken(cmd, tokenFile)
