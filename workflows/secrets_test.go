@@ -3,10 +3,15 @@ package workflows
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/hashicorp/vault/api"
 
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/agents"
@@ -66,8 +71,50 @@ func TestCodecKeyWrappedWithTheKeyring(t *testing.T) {
 // config must not open as the agent's secret, and an agent secret must not
 // open as the bot's token.
 func TestSecretAndTokenCiphertextsAreSeparateDomains(t *testing.T) {
+	for name, mk := range map[string]func(*testing.T) vault.Cipher{vault.KindLocal: localCipher, vault.KindTransit: transitCipher} {
+		t.Run(name, func(t *testing.T) { testSeparateDomains(t, mk(t)) })
+	}
+}
+
+// transitCipher is a Transit cipher on the Vault dev server (VAULT_ADDR,
+// VAULT_TOKEN), on a derived key of the test's own; it skips without Vault.
+func transitCipher(t *testing.T) vault.Cipher {
+	t.Helper()
+	addr, token := os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")
+	if addr == "" || token == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true needs VAULT_ADDR and VAULT_TOKEN (make services)")
+		}
+		t.Skip("\n!!! SKIPPED: no Vault (VAULT_ADDR/VAULT_TOKEN); run `make services` and source ~/.cache/agentrunner/run/services.env\n")
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	vc, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vc.SetToken(token)
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	key := "wf-secrets-" + hex.EncodeToString(b)
+	if _, err := vc.Logical().WriteWithContext(context.Background(), "transit/keys/"+key, map[string]any{"derived": true}); err != nil {
+		t.Fatalf("create key: %v", err)
+	}
+	tf := filepath.Join(t.TempDir(), "vault-token")
+	if err := os.WriteFile(tf, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := vault.Open(context.Background(), vault.Config{Cipher: vault.KindTransit,
+		Transit: vault.TransitConfig{Address: addr, Key: key, TokenFile: tf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Cleanup() })
+	return c
+}
+
+func testSeparateDomains(t *testing.T, c vault.Cipher) {
 	ctx := context.Background()
-	c := localCipher(t)
 	tok, err := vault.ParseToken("bot_AAAAsecretTOKENbody0123456789abc")
 	if err != nil {
 		t.Fatal(err)
