@@ -18,6 +18,8 @@ type Metrics struct {
 	cacheMisses   prometheus.Counter
 	cacheInval    prometheus.Counter
 	cacheTokens   prometheus.Gauge
+	cacheLoads    prometheus.Counter
+	cacheReval    prometheus.Counter
 	rewrappedRows prometheus.Counter
 }
 
@@ -62,6 +64,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "agentrunner_vault_cache_tokens",
 			Help: "Tokens held in the in-memory cache.",
 		}),
+		cacheLoads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentrunner_vault_cache_loads_total",
+			Help: "Batch loads of the token cache (one secret_vault query and at most one Decrypt batch each).",
+		}),
+		cacheReval: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "agentrunner_vault_cache_revalidated_total",
+			Help: "Invalidated tokens kept without decrypting because their secret_vault row had not changed.",
+		}),
 		rewrappedRows: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "agentrunner_vault_rewrapped_rows_total",
 			Help: "secret_vault rows re-sealed under the newest key version.",
@@ -69,7 +79,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.items, m.transitCalls, m.transitTime, m.logins, m.renewals,
-			m.cacheHits, m.cacheMisses, m.cacheInval, m.cacheTokens, m.rewrappedRows)
+			m.cacheHits, m.cacheMisses, m.cacheInval, m.cacheTokens, m.cacheLoads, m.cacheReval, m.rewrappedRows)
 	}
 	return m
 }
@@ -118,6 +128,14 @@ func (m *Metrics) invalidated() {
 	if m != nil {
 		m.cacheInval.Inc()
 	}
+}
+
+func (m *Metrics) cacheLoad(revalidated int) {
+	if m == nil {
+		return
+	}
+	m.cacheLoads.Inc()
+	m.cacheReval.Add(float64(revalidated))
 }
 
 func (m *Metrics) cacheSize(n int) {

@@ -160,14 +160,35 @@ func (s *Store) Describe(ctx context.Context, botID string) (Row, error) {
 // whole call (ErrUnavailable, the database, the audit write). Reads whose
 // purpose is not a live session are written to audit_log first.
 func (s *Store) Load(ctx context.Context, botIDs []string, p Purpose) (tokens map[string]Token, failed map[string]error, err error) {
-	tokens = make(map[string]Token, len(botIDs))
-	failed = make(map[string]error)
+	r, err := s.load(ctx, botIDs, p, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r.tokens, r.failed, nil
+}
+
+// loaded is the outcome of Store.load.
+type loaded struct {
+	tokens    map[string]Token
+	cts       map[string]string // the ciphertext each token was decrypted from
+	unchanged map[string]bool   // rows whose ciphertext is the known one: not decrypted
+	failed    map[string]error
+}
+
+// load is Load that skips the decryption of rows whose ciphertext equals
+// known[bot] (the one the caller already holds the plaintext of): those are
+// reported unchanged. The cache revalidates invalidated tokens this way.
+func (s *Store) load(ctx context.Context, botIDs []string, p Purpose, known map[string]string) (loaded, error) {
+	r := loaded{
+		tokens: make(map[string]Token, len(botIDs)), cts: make(map[string]string, len(botIDs)),
+		unchanged: make(map[string]bool), failed: make(map[string]error),
+	}
 	if len(botIDs) == 0 {
-		return tokens, failed, nil
+		return r, nil
 	}
 	rows, err := s.db.Query(ctx, `SELECT bot_id, ciphertext, key_ref FROM secret_vault WHERE bot_id = ANY($1)`, botIDs)
 	if err != nil {
-		return nil, nil, fmt.Errorf("secret_vault read: %w", err)
+		return loaded{}, fmt.Errorf("secret_vault read: %w", err)
 	}
 	found := make(map[string]bool, len(botIDs))
 	var items []Sealed
@@ -177,47 +198,52 @@ func (s *Store) Load(ctx context.Context, botIDs []string, p Purpose) (tokens ma
 		var ref string
 		if err := rows.Scan(&it.BotID, &it.Ciphertext, &ref); err != nil {
 			rows.Close()
-			return nil, nil, fmt.Errorf("secret_vault read: %w", err)
+			return loaded{}, fmt.Errorf("secret_vault read: %w", err)
 		}
 		found[it.BotID] = true
 		if ref != keyRef {
-			failed[it.BotID] = fmt.Errorf("%w: sealed by %s, this process uses %s", ErrKeyMismatch, ref, keyRef)
+			r.failed[it.BotID] = fmt.Errorf("%w: sealed by %s, this process uses %s", ErrKeyMismatch, ref, keyRef)
+			continue
+		}
+		if ct, ok := known[it.BotID]; ok && ct == it.Ciphertext {
+			r.unchanged[it.BotID] = true
 			continue
 		}
 		items = append(items, it)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("secret_vault read: %w", err)
+		return loaded{}, fmt.Errorf("secret_vault read: %w", err)
 	}
 	for _, id := range botIDs {
 		if !found[id] {
-			failed[id] = fmt.Errorf("bot %s: %w", id, ErrNotFound)
+			r.failed[id] = fmt.Errorf("bot %s: %w", id, ErrNotFound)
 		}
 	}
 	if len(items) == 0 {
-		return tokens, failed, nil
+		return r, nil
 	}
 	if !p.Live {
 		if err := s.auditReads(ctx, items, p); err != nil {
-			return nil, nil, err
+			return loaded{}, err
 		}
 	}
 	toks, err := s.cipher.Decrypt(ctx, items)
 	var be *BatchError
 	if err != nil && !errors.As(err, &be) {
-		return nil, nil, err
+		return loaded{}, err
 	}
 	for i, it := range items {
 		if be != nil {
 			if ierr := be.Index(i); ierr != nil {
-				failed[it.BotID] = ierr
+				r.failed[it.BotID] = ierr
 				continue
 			}
 		}
-		tokens[it.BotID] = toks[i]
+		r.tokens[it.BotID] = toks[i]
+		r.cts[it.BotID] = it.Ciphertext
 	}
-	return tokens, failed, nil
+	return r, nil
 }
 
 // LoadOne is Load for one bot; its failure is the error.

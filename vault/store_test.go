@@ -332,8 +332,9 @@ func TestCache(t *testing.T) {
 			if _, err := c.Get(ctx, ids[8]); err != nil || c.Misses() != missesBefore+1 {
 				t.Fatalf("after TTL: %v", err)
 			}
-			if n := c.Prune(); n != 2499 {
-				t.Fatalf("prune dropped %d", n)
+			// The load pruned the 2499 expired tokens by itself.
+			if n := c.Prune(); n != 0 || c.Len() != 1 {
+				t.Fatalf("prune dropped %d more, %d left", n, c.Len())
 			}
 			if _, err := c.Get(ctx, "bot_nope"); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("unknown bot: %v", err)

@@ -272,9 +272,9 @@ func TestIntegrationFairnessFloodingBotDoesNotStarveOthers(t *testing.T) {
 	e := newEnv(t)
 	url, release, seen, maxHeld := slowAgent(t)
 	secret := "0123456789abcdef-test-secret"
-	t.Setenv("WF_TEST_HMAC", secret)
+	t.Setenv("AGENTRUNNER_AGENT_SECRET_WF_TEST_HMAC", secret)
 	e.startWorker(WorkerOptions{MaxConcurrentActivities: 4, PerBotConcurrency: 2})
-	flood := e.newBot("flood_bot", "http", json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":"env:WF_TEST_HMAC","timeout":"2m"}`, url)))
+	flood := e.newBot("flood_bot", "http", json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":"env:AGENTRUNNER_AGENT_SECRET_WF_TEST_HMAC","timeout":"2m"}`, url)))
 	quiet := e.newBot("quiet_bot", "echo", nil)
 	const floodChats = 6
 	for i := 0; i < floodChats; i++ {
@@ -308,9 +308,9 @@ func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
 		_, _ = io.WriteString(w, `{"actions":[{"type":"explode"}]}`)
 	}))
 	t.Cleanup(srv.Close)
-	t.Setenv("WF_TEST_HMAC2", "another-secret-of-16+bytes")
+	t.Setenv("AGENTRUNNER_AGENT_SECRET_WF_TEST_HMAC2", "another-secret-of-16+bytes")
 	e.startWorker(WorkerOptions{})
-	bot := e.newBot("bad_agent", "http", json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":"env:WF_TEST_HMAC2"}`, srv.URL)))
+	bot := e.newBot("bad_agent", "http", json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":"env:AGENTRUNNER_AGENT_SECRET_WF_TEST_HMAC2"}`, srv.URL)))
 	user := e.newUser("Frank")
 	chat := e.startChat(user, bot.ID)
 	for _, u := range e.updates(bot, 2) {

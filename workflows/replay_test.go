@@ -110,9 +110,9 @@ func TestRecordHistory(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	t.Setenv("WF_RECORD_HMAC", "record-secret-0123456789")
+	t.Setenv("AGENTRUNNER_AGENT_SECRET_WF_RECORD_HMAC", "record-secret-0123456789")
 	e.startWorker(WorkerOptions{})
-	bot := e.newBot("record_bot", "http", json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":"env:WF_RECORD_HMAC"}`, srv.URL)))
+	bot := e.newBot("record_bot", "http", json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":"env:AGENTRUNNER_AGENT_SECRET_WF_RECORD_HMAC"}`, srv.URL)))
 	user := e.newUser("Rec")
 	chat := e.startChat(user, bot.ID)
 	for _, txt := range []string{"one", "break", "two"} {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -13,11 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/migrations/pgtest"
 	"buko.app/agentrunner/runner"
+	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
 )
 
 // cliFix is a real Postgres database, a simulator and a keyring for
@@ -140,7 +144,7 @@ func TestBotsCommands(t *testing.T) {
 	f := newCLIFix(t)
 	id, tok := f.simBot(t, map[string]any{"handle": "helper_bot", "display_name": "Helper"})
 	cfg := filepath.Join(t.TempDir(), "agent.json")
-	if err := os.WriteFile(cfg, []byte(`{"url": "http://127.0.0.1:9/agent"}`), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(`{"url": "http://127.0.0.1:9/agent", "secret": "env:AGENTRUNNER_AGENT_SECRET_HELPER"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -355,5 +359,217 @@ func TestBotsRotateTokenOfAnotherBot(t *testing.T) {
 	}
 	if n := f.count(t, `SELECT count(*) FROM secret_vault WHERE rotated_at IS NOT NULL`); n != 0 {
 		t.Fatal("the row was changed")
+	}
+}
+
+// TestBotsAddChecksTheAgentConfig: a config the agent kind would refuse is
+// refused at bots add, naming the field, with nothing written.
+func TestBotsAddChecksTheAgentConfig(t *testing.T) {
+	f := newCLIFix(t)
+	_, tok := f.simBot(t, map[string]any{"handle": "cfg_bot"})
+	t.Setenv("AGENTS_BOTS_TEST_DSN", "postgres://secret-dsn")
+	write := func(body string) string {
+		p := filepath.Join(t.TempDir(), "agent.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for name, c := range map[string]struct{ agent, cfg, msg string }{
+		"typo":            {"http", `{"urll":"http://127.0.0.1:9/a","secret":"env:AGENTRUNNER_AGENT_SECRET_X"}`, `unknown field "urll"`},
+		"wrong type":      {"http", `{"url":"http://127.0.0.1:9/a","secret":"env:AGENTRUNNER_AGENT_SECRET_X","memory_turns":"3"}`, `memory_turns`},
+		"no config":       {"http", ``, `url must be`},
+		"any env var":     {"openai", `{"model":"m","api_key":"env:AGENTS_BOTS_TEST_DSN","base_url":"http://127.0.0.1:9"}`, `api_key`},
+		"plaintext key":   {"openai", `{"model":"m","api_key":"sk-live-plaintext"}`, `api_key`},
+		"echo with field": {"echo", `{"greeting":"hi"}`, `unknown field "greeting"`},
+		"bad timeout":     {"openai", `{"model":"m","api_key":"local:v1:x","timeout":"soon"}`, `timeout`},
+	} {
+		args := []string{"bots", "add", "--handle", "cfg_bot", "--agent", c.agent}
+		if c.cfg != "" {
+			args = append(args, "--agent-config", write(c.cfg))
+		}
+		_, _, err := f.run(t, tok, append(args, f.full()...)...)
+		if err == nil || !isUsage(err) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: want a usage error saying %s, got %v", name, c.msg, err)
+		}
+		if r := f.rows(t); r != [3]int{} {
+			t.Fatalf("%s: rows written: %v", name, r)
+		}
+	}
+	if strings.Contains(f.captured.String(), "sk-live") || strings.Contains(f.captured.String(), "secret-dsn") {
+		t.Fatal("a secret value was echoed")
+	}
+	f.mustRun(t, tok, append([]string{"bots", "add", "--handle", "cfg_bot", "--agent", "openai", "--agent-config",
+		write(`{"model":"m","api_key":"env:AGENTRUNNER_AGENT_SECRET_OPENAI"}`)}, f.full()...)...)
+}
+
+// TestBotsSetAgent: the agent and config change in place, checked like bots
+// add, audited, and announced through the bots trigger.
+func TestBotsSetAgent(t *testing.T) {
+	f := newCLIFix(t)
+	id, tok := f.simBot(t, map[string]any{"handle": "switch_bot"})
+	f.mustRun(t, tok, append([]string{"bots", "add", "--handle", "switch_bot"}, f.full()...)...)
+	ctx := context.Background()
+	listen, err := pgx.Connect(ctx, f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listen.Close(ctx)
+	if _, err := listen.Exec(ctx, `LISTEN agentrunner_bots`); err != nil {
+		t.Fatal(err)
+	}
+	agentOf := func() (kind, cfg string) {
+		t.Helper()
+		if err := f.pool.QueryRow(ctx, `SELECT agent, agent_config::text FROM bots WHERE id = $1`, id).Scan(&kind, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return kind, cfg
+	}
+	audits := func() int {
+		return f.count(t, `SELECT count(*) FROM audit_log WHERE action = 'bot.set-agent' AND bot_id = $1 AND actor LIKE 'cli:%'`, id)
+	}
+
+	// Refused, nothing written.
+	for name, c := range map[string]struct {
+		args []string
+		msg  string
+	}{
+		"typo":       {[]string{"--agent", "http", "--config", `{"url":"http://127.0.0.1:9/a","secrett":"x"}`}, `unknown field "secrett"`},
+		"kind":       {[]string{"--agent", "shell"}, `--agent "shell"`},
+		"no kind":    {nil, "--agent is required"},
+		"not object": {[]string{"--agent", "http", "--config", `[1]`}, "JSON object"},
+		"no file":    {[]string{"--agent", "http", "--config", "@/nonexistent/agent.json"}, "--config"},
+		"env var":    {[]string{"--agent", "http", "--config", `{"url":"http://127.0.0.1:9/a","secret":"env:DATABASE_URL"}`}, "secret"},
+	} {
+		_, _, err := f.run(t, "", append(append([]string{"bots", "set-agent", "switch_bot"}, c.args...), f.db()...)...)
+		if err == nil || !isUsage(err) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: want a usage error saying %s, got %v", name, c.msg, err)
+		}
+	}
+	if k, c := agentOf(); k != "echo" || c != "{}" || audits() != 0 {
+		t.Fatalf("after refusals: agent %s config %s, %d audits", k, c, audits())
+	}
+
+	// From a file: changed, audited, notified.
+	cfgFile := filepath.Join(t.TempDir(), "agent.json")
+	if err := os.WriteFile(cfgFile, []byte(`{"url": "http://127.0.0.1:9/agent", "secret": "env:AGENTRUNNER_AGENT_SECRET_SWITCH", "memory_turns": 4}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := f.mustRun(t, "", append([]string{"bots", "set-agent", "@switch_bot", "--agent", "http", "--config", "@" + cfgFile}, f.db()...)...)
+	if !strings.Contains(out, "now has agent http (was echo)") {
+		t.Fatalf("set-agent: %q", out)
+	}
+	if k, c := agentOf(); k != "http" || !strings.Contains(c, `"memory_turns": 4`) || audits() != 1 {
+		t.Fatalf("after set-agent: agent %s config %s, %d audits", k, c, audits())
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		n, err := listen.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatalf("no bots notification for the change: %v", err)
+		}
+		var ev struct {
+			Op    string `json:"op"`
+			BotID string `json:"bot_id"`
+		}
+		_ = json.Unmarshal([]byte(n.Payload), &ev)
+		if ev.Op == "update" && ev.BotID == id {
+			break
+		}
+	}
+
+	// The same again: nothing written.
+	out = f.mustRun(t, "", append([]string{"bots", "set-agent", id, "--agent", "http", "--config", "@" + cfgFile}, f.db()...)...)
+	if !strings.Contains(out, "already has agent http") || audits() != 1 {
+		t.Fatalf("unchanged set-agent: %q, %d audits", out, audits())
+	}
+	// Inline, back to echo with no config.
+	f.mustRun(t, "", append([]string{"bots", "set-agent", id, "--agent", "echo"}, f.db()...)...)
+	if k, c := agentOf(); k != "echo" || c != "{}" || audits() != 2 {
+		t.Fatalf("back to echo: agent %s config %s, %d audits", k, c, audits())
+	}
+	_, _, err = f.run(t, "", append([]string{"bots", "set-agent", "nobody", "--agent", "echo"}, f.db()...)...)
+	if err == nil || !strings.Contains(err.Error(), "no such managed bot") {
+		t.Fatalf("unknown bot: %v", err)
+	}
+}
+
+// TestBotsMigrateSecrets: agent secrets sealed under the old binding (the
+// bare bot id) are re-sealed into the agent-secret domain; a bot's own token
+// ciphertext in its config is refused, never re-sealed.
+func TestBotsMigrateSecrets(t *testing.T) {
+	f := newCLIFix(t)
+	ctx := context.Background()
+	legacyID, legacyTok := f.simBot(t, map[string]any{"handle": "legacy_bot"})
+	copyID, copyTok := f.simBot(t, map[string]any{"handle": "copy_bot"})
+	f.mustRun(t, legacyTok, append([]string{"bots", "add", "--handle", "legacy_bot"}, f.full()...)...)
+	f.mustRun(t, copyTok, append([]string{"bots", "add", "--handle", "copy_bot"}, f.full()...)...)
+	kr := vault.NewLocal(f.keyring, nil)
+	if err := kr.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The old format: the secret wrapped as a token, sealed bound to the bot id.
+	const secret = "legacy-hmac-secret-0123456789"
+	wrapped, _ := vault.ParseToken(vault.TokenPrefix + base64.RawURLEncoding.EncodeToString([]byte(secret)))
+	old, err := kr.Encrypt(ctx, []vault.Plaintext{{BotID: legacyID, Token: wrapped}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokenCT string
+	if err := f.pool.QueryRow(ctx, `SELECT ciphertext FROM secret_vault WHERE bot_id = $1`, copyID).Scan(&tokenCT); err != nil {
+		t.Fatal(err)
+	}
+	setCfg := func(id, ref string) {
+		cfg, _ := json.Marshal(map[string]string{"url": "http://127.0.0.1:9/a", "secret": ref})
+		if _, err := f.pool.Exec(ctx, `UPDATE bots SET agent = 'http', agent_config = $2::jsonb WHERE id = $1`, id, string(cfg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setCfg(legacyID, old[0].Ciphertext)
+	setCfg(copyID, tokenCT)
+	secretOf := func(id string) (string, error) {
+		var ref string
+		if err := f.pool.QueryRow(ctx, `SELECT agent_config->>'secret' FROM bots WHERE id = $1`, id).Scan(&ref); err != nil {
+			t.Fatal(err)
+		}
+		return workflows.VaultSecrets{Cipher: kr}.Secret(ctx, id, ref)
+	}
+	if _, err := secretOf(legacyID); !errors.Is(err, workflows.ErrLegacySecret) {
+		t.Fatalf("before migration: %v", err)
+	}
+
+	out, errOut, err := f.run(t, "", append([]string{"bots", "migrate-secrets"}, f.cipher()...)...)
+	if err == nil || !strings.Contains(err.Error(), "1 bot(s) hold their own token") || !strings.Contains(errOut, "copy_bot") {
+		t.Fatalf("migrate: want the token copy refused, got %v\n%s", err, errOut)
+	}
+	if !strings.Contains(out, "@legacy_bot ("+legacyID+"): re-sealed 1") {
+		t.Fatalf("migrate output: %q", out)
+	}
+	if got, err := secretOf(legacyID); err != nil || got != secret {
+		t.Fatalf("after migration: %v", err)
+	}
+	var still string
+	_ = f.pool.QueryRow(ctx, `SELECT agent_config->>'secret' FROM bots WHERE id = $1`, copyID).Scan(&still)
+	if still != tokenCT {
+		t.Fatal("the token copy was rewritten")
+	}
+	if _, err := secretOf(copyID); !errors.Is(err, workflows.ErrLegacySecret) {
+		t.Fatalf("token copy as a secret: %v", err)
+	}
+	audit := func() int {
+		return f.count(t, `SELECT count(*) FROM audit_log WHERE action = 'bot.migrate-secrets' AND bot_id = $1`, legacyID)
+	}
+	if audit() != 1 {
+		t.Fatalf("%d audit rows", audit())
+	}
+	// Again: nothing left to do.
+	if out := f.mustRun(t, "", append([]string{"bots", "migrate-secrets", "legacy_bot"}, f.cipher()...)...); out != "" || audit() != 1 {
+		t.Fatalf("second run: %q, %d audit rows", out, audit())
+	}
+	for _, s := range []string{copyTok, legacyTok, secret} {
+		if strings.Contains(f.captured.String(), s) {
+			t.Fatal("a secret was echoed")
+		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"buko.app/agentrunner/runner"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows"
+	"buko.app/agentrunner/workflows/agents"
 	"buko.app/agentrunner/workflows/codec"
 )
 
@@ -128,6 +129,7 @@ type workerTuning struct {
 	maxActivities     int
 	perBotConcurrency int
 	botCacheTTL       time.Duration
+	agentDenyPrivate  bool // agents' HTTP client refuses non-public addresses (agents.ClientOptions.DenyPrivate)
 }
 
 func (w *workerTuning) bind(fs *pflag.FlagSet) {
@@ -137,6 +139,8 @@ func (w *workerTuning) bind(fs *pflag.FlagSet) {
 	envFlag(fs, "max-concurrent-activities", "AGENTRUNNER_MAX_CONCURRENT_ACTIVITIES")
 	envFlag(fs, "per-bot-concurrency", "AGENTRUNNER_PER_BOT_CONCURRENCY")
 	envFlag(fs, "bot-cache-ttl", "AGENTRUNNER_BOT_CACHE_TTL")
+	fs.BoolVar(&w.agentDenyPrivate, "agent-deny-private", false, "agents' HTTP calls refuse loopback, private and link-local addresses (checked at dial time; on in the Helm chart)")
+	envFlag(fs, "agent-deny-private", "AGENTRUNNER_AGENT_DENY_PRIVATE")
 }
 
 func (w *workerTuning) check() error {
@@ -173,6 +177,7 @@ func (w *workerTuning) newChatWorker(d chatWorkerDeps) (*workflows.Worker, error
 		Tokens:                  d.tokens,
 		API:                     d.api,
 		Secrets:                 workflows.VaultSecrets{Cipher: d.cipher},
+		HTTP:                    agents.NewHTTPClient(agents.ClientOptions{DenyPrivate: w.agentDenyPrivate}),
 		MaxConcurrentActivities: w.maxActivities,
 		PerBotConcurrency:       w.perBotConcurrency,
 		Logger:                  d.log.With().Str("component", "worker").Logger(),

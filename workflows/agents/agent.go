@@ -94,17 +94,15 @@ type Agent interface {
 // Env is what an agent may use when it is provisioned.
 type Env struct {
 	Bot     Bot
-	HTTP    *http.Client // for outbound calls; never nil after the pool fills it
+	HTTP    *http.Client // for outbound calls (see NewHTTPClient); nil: NewHTTPClient's defaults
 	Secrets Secrets      // resolves secret references in the agent config; may be nil
 	Logger  zerolog.Logger
 }
 
-// httpClient is the client for outbound calls, a default one if none was given.
+// httpClient is the client for outbound calls (NewHTTPClient's defaults if
+// none was given), always with the same-host redirect policy.
 func (e Env) httpClient() *http.Client {
-	if e.HTTP == nil {
-		return &http.Client{}
-	}
-	return e.HTTP
+	return withRedirectPolicy(e.HTTP)
 }
 
 // Secrets resolves a secret reference from an agent's config (an API key, an
@@ -119,7 +117,10 @@ type Provisioner interface {
 	Provision(ctx context.Context, env Env) error
 }
 
-// Validator is implemented by agents that check their provisioned config.
+// Validator is implemented by agents that check their config. Validate looks
+// at the config alone — never at what Provision resolved — so it also runs
+// where the config is written (Registry.Check: `bots add`, `bots set-agent`),
+// where secrets cannot be opened. Its errors name the field.
 type Validator interface {
 	Validate() error
 }
@@ -155,9 +156,23 @@ func (r Registry) Kinds() []string {
 	return out
 }
 
-// Build creates, provisions and validates the agent of the given kind. Any
-// error here is a configuration error: it is Permanent.
-func (r Registry) Build(ctx context.Context, kind string, config json.RawMessage, env Env) (Agent, error) {
+// Check decodes and validates a config of the given kind without
+// provisioning it (no secret is resolved, no connection made): what `bots add`
+// and `bots set-agent` run before they write a config. Unknown fields, values
+// of the wrong type and invalid settings are errors naming the field.
+func (r Registry) Check(kind string, config json.RawMessage) error {
+	a, err := r.decode(kind, config)
+	if err != nil {
+		return err
+	}
+	if c, ok := a.(Cleaner); ok {
+		_ = c.Cleanup()
+	}
+	return nil
+}
+
+// decode builds the unprovisioned agent and validates its config.
+func (r Registry) decode(kind string, config json.RawMessage) (Agent, error) {
 	f, ok := r[kind]
 	if !ok {
 		return nil, Permanent(fmt.Errorf("agents: unknown agent kind %q (have %s)", kind, strings.Join(r.Kinds(), ", ")))
@@ -166,20 +181,31 @@ func (r Registry) Build(ctx context.Context, kind string, config json.RawMessage
 	if err != nil {
 		return nil, Permanent(fmt.Errorf("agents: %s config: %w", kind, err))
 	}
-	if p, ok := a.(Provisioner); ok {
-		if err := p.Provision(ctx, env); err != nil {
-			if c, ok := a.(Cleaner); ok {
-				_ = c.Cleanup()
-			}
-			return nil, fmt.Errorf("agents: provision %s: %w", kind, err)
-		}
-	}
 	if v, ok := a.(Validator); ok {
 		if err := v.Validate(); err != nil {
 			if c, ok := a.(Cleaner); ok {
 				_ = c.Cleanup()
 			}
 			return nil, Permanent(fmt.Errorf("agents: %s config: %w", kind, err))
+		}
+	}
+	return a, nil
+}
+
+// Build creates, validates and provisions the agent of the given kind, in
+// that order: a config that fails Validate resolves no secret. Errors of
+// decoding and validation are Permanent; Provision decides for its own.
+func (r Registry) Build(ctx context.Context, kind string, config json.RawMessage, env Env) (Agent, error) {
+	a, err := r.decode(kind, config)
+	if err != nil {
+		return nil, err
+	}
+	if p, ok := a.(Provisioner); ok {
+		if err := p.Provision(ctx, env); err != nil {
+			if c, ok := a.(Cleaner); ok {
+				_ = c.Cleanup()
+			}
+			return nil, fmt.Errorf("agents: provision %s: %w", kind, err)
 		}
 	}
 	return a, nil

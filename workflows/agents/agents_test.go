@@ -76,16 +76,16 @@ func TestRegistryErrorsArePermanent(t *testing.T) {
 	for name, tc := range map[string]struct{ kind, cfg string }{
 		"unknown kind":    {"nope", ""},
 		"bad json":        {"http", `{`},
-		"unknown field":   {"http", `{"url":"http://x","secret":"s","bogus":1}`},
-		"bad timeout":     {"http", `{"url":"http://x","secret":"s","timeout":"soon"}`},
-		"bad url":         {"http", `{"url":"ftp://x","secret":"k"}`},
-		"short secret":    {"http", `{"url":"http://x","secret":"k"}`},
+		"unknown field":   {"http", `{"url":"http://x","secret":"local:v1:s","bogus":1}`},
+		"bad timeout":     {"http", `{"url":"http://x","secret":"local:v1:s","timeout":"soon"}`},
+		"bad url":         {"http", `{"url":"ftp://x","secret":"local:v1:k"}`},
+		"short secret":    {"http", `{"url":"http://x","secret":"local:v1:k"}`},
 		"missing secret":  {"http", `{"url":"http://x"}`},
-		"no model":        {"openai", `{"api_key":"k"}`},
-		"bad base url":    {"openai", `{"model":"m","api_key":"k","base_url":"nope"}`},
+		"no model":        {"openai", `{"api_key":"local:v1:k"}`},
+		"bad base url":    {"openai", `{"model":"m","api_key":"local:v1:k","base_url":"nope"}`},
 		"missing api key": {"openai", `{"model":"m"}`},
 	} {
-		_, err := Builtin().Build(ctx, tc.kind, json.RawMessage(tc.cfg), Env{Bot: Bot{ID: "b"}, Secrets: mapSecrets{"b/s": "s", "b/k": "k"}})
+		_, err := Builtin().Build(ctx, tc.kind, json.RawMessage(tc.cfg), Env{Bot: Bot{ID: "b"}, Secrets: mapSecrets{"b/local:v1:s": "s", "b/local:v1:k": "k"}})
 		if err == nil || !IsPermanent(err) {
 			t.Errorf("%s: want a permanent error, got %v", name, err)
 		}
@@ -96,8 +96,8 @@ func httpAgent(t *testing.T, h http.HandlerFunc, extra string) Agent {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	cfg := fmt.Sprintf(`{"url":%q,"secret":"hmac"%s}`, srv.URL, extra)
-	return build(t, "http", cfg, Env{Bot: Bot{ID: "b1"}, Secrets: mapSecrets{"b1/hmac": "0123456789abcdef0123"}})
+	cfg := fmt.Sprintf(`{"url":%q,"secret":"local:v1:hmac"%s}`, srv.URL, extra)
+	return build(t, "http", cfg, Env{Bot: Bot{ID: "b1"}, Secrets: mapSecrets{"b1/local:v1:hmac": "0123456789abcdef0123"}})
 }
 
 func TestHTTPAgentSignsAndParses(t *testing.T) {
@@ -198,8 +198,8 @@ func TestOpenAIAgent(t *testing.T) {
 		_ = json.NewEncoder(w).Encode(map[string]any{"choices": []any{map[string]any{"message": map[string]any{"role": "assistant", "content": answer}}}})
 	}))
 	defer srv.Close()
-	cfg := fmt.Sprintf(`{"base_url":%q,"model":"tiny","system_prompt":"be brief","api_key":"key","typing_interval":"10ms"}`, srv.URL+"/v1")
-	a := build(t, "openai", cfg, Env{Bot: Bot{ID: "b1"}, Secrets: mapSecrets{"b1/key": "sk-test"}})
+	cfg := fmt.Sprintf(`{"base_url":%q,"model":"tiny","system_prompt":"be brief","api_key":"local:v1:key","typing_interval":"10ms"}`, srv.URL+"/v1")
+	a := build(t, "openai", cfg, Env{Bot: Bot{ID: "b1"}, Secrets: mapSecrets{"b1/local:v1:key": "sk-test"}})
 	acts, err := a.Handle(context.Background(), Request{
 		Update: msgUpdate("7", "question"),
 		Memory: []Turn{{RoleUser, "q0"}, {RoleAssistant, "a0"}},
@@ -260,8 +260,8 @@ func TestOpenAIAgentErrors(t *testing.T) {
 			w.WriteHeader(tc.status)
 			_, _ = io.WriteString(w, tc.body)
 		}))
-		cfg := fmt.Sprintf(`{"base_url":%q,"model":"m","api_key":"env:AGENTS_TEST_KEY"}`, srv.URL)
-		t.Setenv("AGENTS_TEST_KEY", "sk-env")
+		cfg := fmt.Sprintf(`{"base_url":%q,"model":"m","api_key":"env:AGENTRUNNER_AGENT_SECRET_AGENTS_TEST_KEY"}`, srv.URL)
+		t.Setenv("AGENTRUNNER_AGENT_SECRET_AGENTS_TEST_KEY", "sk-env")
 		a := build(t, "openai", cfg, Env{Bot: Bot{ID: "b1"}})
 		_, err := a.Handle(context.Background(), Request{Update: msgUpdate("1", "hi")})
 		if err == nil || IsPermanent(err) != tc.permanent {

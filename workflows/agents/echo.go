@@ -22,6 +22,9 @@ func NewEcho(config json.RawMessage) (Agent, error) {
 	return &Echo{}, nil
 }
 
+// Validate has nothing to check: the config is empty (NewEcho refused any field).
+func (e *Echo) Validate() error { return nil }
+
 // Provision records which bot the agent speaks for.
 func (e *Echo) Provision(_ context.Context, env Env) error {
 	e.bot = env.Bot
@@ -68,7 +71,7 @@ func decodeStrict(config json.RawMessage, v any) error {
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("decode config: %w", err)
+		return fmt.Errorf("decode config: %s", describeJSONError(err))
 	}
 	if dec.More() {
 		return fmt.Errorf("decode config: trailing data")

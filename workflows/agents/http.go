@@ -12,7 +12,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -33,7 +32,7 @@ const (
 // HTTPConfig is the config of the http agent kind (bots.agent_config).
 type HTTPConfig struct {
 	URL         string `json:"url"`
-	Secret      string `json:"secret"`                 // secret reference: "env:NAME" or a keyring/Vault ciphertext
+	Secret      string `json:"secret"`                 // secret reference: "env:AGENTRUNNER_AGENT_SECRET_…" or a sealed value (CheckSecretRef)
 	Timeout     string `json:"timeout,omitempty"`      // Go duration, default 10s
 	MemoryTurns int    `json:"memory_turns,omitempty"` // turns of memory sent as context; 0 = all the workflow keeps
 }
@@ -69,7 +68,7 @@ func NewHTTP(config json.RawMessage) (Agent, error) {
 	if a.cfg.Timeout != "" {
 		d, err := time.ParseDuration(a.cfg.Timeout)
 		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("timeout %q: want a positive Go duration such as 10s", a.cfg.Timeout)
+			return nil, fmt.Errorf("timeout %q: want a positive Go duration such as 10s", truncate(a.cfg.Timeout, 40))
 		}
 		a.timeout = d
 	}
@@ -83,18 +82,28 @@ func (a *HTTPAgent) Provision(ctx context.Context, env Env) error {
 	if err != nil {
 		return err
 	}
+	if len(s) < 16 {
+		return Permanent(errors.New("secret must be at least 16 bytes"))
+	}
 	a.secret = []byte(s)
 	return nil
 }
 
-// Validate checks the URL and the secret.
+// Validate checks the config: the URL, the secret reference's form, the
+// timeout and memory_turns.
 func (a *HTTPAgent) Validate() error {
 	u, err := url.Parse(a.cfg.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return errors.New("url must be an absolute http(s) URL")
 	}
-	if len(a.secret) < 16 {
-		return errors.New("secret must be at least 16 bytes")
+	if u.User != nil {
+		return errors.New("url must not carry credentials (user:password@); the request is signed with secret")
+	}
+	if err := CheckSecretRef("secret", a.cfg.Secret); err != nil {
+		return err
+	}
+	if a.timeout > MaxCallTimeout {
+		return fmt.Errorf("timeout %s: at most %s", a.timeout, MaxCallTimeout)
 	}
 	if a.cfg.MemoryTurns < 0 || a.cfg.MemoryTurns > MaxMemoryTurns {
 		return fmt.Errorf("memory_turns must be within 0..%d", MaxMemoryTurns)
@@ -149,8 +158,9 @@ func (a *HTTPAgent) Handle(ctx context.Context, req Request) ([]Action, error) {
 	hr.Header.Set(HeaderBot, req.Bot.ID)
 	resp, err := a.hc.Do(hr)
 	if err != nil {
-		// Network failure or timeout: the service may be back soon.
-		return nil, fmt.Errorf("http agent: POST to agent service: %w", redactURL(err))
+		// Network failure or timeout: the service may be back soon; a
+		// refused redirect or address needs a config change.
+		return nil, callError("http agent: POST to agent service", err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxHTTPReplyBody+1))
@@ -212,6 +222,16 @@ func describeJSONError(err error) string {
 	return "not a JSON object of the expected shape"
 }
 
+// callError wraps a failed call: retryable, unless the redirect policy or
+// the address deny-list refused it (a config problem).
+func callError(what string, err error) error {
+	err = fmt.Errorf("%s: %w", what, redactURL(err))
+	if errors.Is(err, ErrRedirectRefused) || errors.Is(err, ErrAddressDenied) {
+		return Permanent(err)
+	}
+	return err
+}
+
 // redactURL drops the URL from a *url.Error (it may carry credentials or
 // query secrets of the service), keeping the operation and the cause.
 func redactURL(err error) error {
@@ -220,33 +240,4 @@ func redactURL(err error) error {
 		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
 	}
 	return err
-}
-
-// requiredSecret resolves the config field name's secret reference ref, which
-// must be set.
-func requiredSecret(ctx context.Context, env Env, name, ref string) (string, error) {
-	if ref == "" {
-		return "", Permanent(fmt.Errorf("%s is required", name))
-	}
-	v, err := resolveSecret(ctx, env, ref)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", name, err)
-	}
-	return v, nil
-}
-
-// resolveSecret turns a secret reference into its value: "env:NAME" reads the
-// environment (for development); anything else goes to env.Secrets (keyring or Vault).
-func resolveSecret(ctx context.Context, env Env, ref string) (string, error) {
-	if name, ok := strings.CutPrefix(ref, "env:"); ok {
-		v := os.Getenv(name)
-		if v == "" {
-			return "", Permanent(fmt.Errorf("environment variable %s is empty", name))
-		}
-		return v, nil
-	}
-	if env.Secrets == nil {
-		return "", Permanent(errors.New("no secret store configured for non-env secret references"))
-	}
-	return env.Secrets.Secret(ctx, env.Bot.ID, ref)
 }

@@ -28,7 +28,7 @@ type OpenAIConfig struct {
 	BaseURL        string   `json:"base_url,omitempty"` // default https://api.openai.com/v1
 	Model          string   `json:"model"`
 	SystemPrompt   string   `json:"system_prompt,omitempty"`
-	APIKey         string   `json:"api_key"`              // secret reference: "env:NAME" or a keyring/Vault ciphertext
+	APIKey         string   `json:"api_key"`              // secret reference: "env:AGENTRUNNER_AGENT_SECRET_…" or a sealed value (CheckSecretRef)
 	Timeout        string   `json:"timeout,omitempty"`    // Go duration, default 60s
 	MaxTokens      int      `json:"max_tokens,omitempty"` // 0: the endpoint's default
 	Temperature    *float64 `json:"temperature,omitempty"`
@@ -65,7 +65,7 @@ func NewOpenAI(config json.RawMessage) (Agent, error) {
 		}
 		v, err := time.ParseDuration(d.s)
 		if err != nil || v <= 0 {
-			return nil, fmt.Errorf("%s %q: want a positive Go duration", d.name, d.s)
+			return nil, fmt.Errorf("%s %q: want a positive Go duration", d.name, truncate(d.s, 40))
 		}
 		*d.out = v
 	}
@@ -83,11 +83,24 @@ func (a *OpenAIAgent) Provision(ctx context.Context, env Env) error {
 	return nil
 }
 
-// Validate checks the endpoint and model.
+// Validate checks the config: endpoint, model, API key reference's form,
+// durations and limits.
 func (a *OpenAIAgent) Validate() error {
 	u, err := url.Parse(a.cfg.BaseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return errors.New("base_url must be an absolute http(s) URL")
+	}
+	if u.User != nil {
+		return errors.New("base_url must not carry credentials (user:password@); use api_key")
+	}
+	if err := CheckSecretRef("api_key", a.cfg.APIKey); err != nil {
+		return err
+	}
+	if a.timeout > MaxCallTimeout {
+		return fmt.Errorf("timeout %s: at most %s", a.timeout, MaxCallTimeout)
+	}
+	if a.cfg.Temperature != nil && (*a.cfg.Temperature < 0 || *a.cfg.Temperature > 2) {
+		return errors.New("temperature must be within 0..2")
 	}
 	if strings.TrimSpace(a.cfg.Model) == "" {
 		return errors.New("model is required")
@@ -195,7 +208,7 @@ func (a *OpenAIAgent) complete(ctx context.Context, body []byte) (string, error)
 	hr.Header.Set("Authorization", "Bearer "+a.key)
 	resp, err := a.hc.Do(hr)
 	if err != nil {
-		return "", fmt.Errorf("openai agent: POST chat/completions: %w", redactURL(err))
+		return "", callError("openai agent: POST chat/completions", err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxCompletionBody+1))

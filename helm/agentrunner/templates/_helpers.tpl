@@ -214,6 +214,8 @@ binary: values in, the documented variable names out. Secrets arrive as files
 - name: AGENTRUNNER_WORKER
   value: "false"
 {{- end }}
+- name: AGENTRUNNER_AGENT_DENY_PRIVATE
+  value: {{ $v.worker.agentDenyPrivate | quote }}
 {{- end }}
 {{- range $v.extraEnv }}
 - name: {{ .name | quote }}
