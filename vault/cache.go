@@ -385,6 +385,13 @@ func (c *Cache) tracked() (entries, invalidations, calls int) {
 	return len(c.entries), len(c.invalAt), len(c.calls)
 }
 
+// String describes the cache without its contents (so %v of a Cache, in a log
+// or an error, never reflects over tokens or races with its loads).
+func (c *Cache) String() string {
+	entries, _, calls := c.tracked()
+	return fmt.Sprintf("vault.Cache{entries: %d, loading: %d}", entries, calls)
+}
+
 // Hits counts lookups answered from memory.
 func (c *Cache) Hits() uint64 { return c.hits.Load() }
 
