@@ -275,7 +275,7 @@ func (s *Session) poll(st *loopState) pollResult {
 		if wm != "" {
 			offset = wm.Next()
 		}
-		ups, err := s.cfg.Client.GetUpdates(ctx, cred, buko.GetUpdatesParams{Offset: offset, Limit: limit, Timeout: timeout})
+		batch, err := s.cfg.Client.PollUpdates(ctx, cred, buko.GetUpdatesParams{Offset: offset, Limit: limit, Timeout: timeout})
 		kicked := ctx.Err() != nil
 		cancel()
 		s.mu.Lock()
@@ -314,8 +314,15 @@ func (s *Session) poll(st *loopState) pollResult {
 		if wm != "" {
 			s.confirmed(wm)
 		}
-		for i := range ups {
-			s.receive(&ups[i])
+		// Undecodable items take their place in the window by id (kept as dead
+		// letters, then acked by the next offset): the bot never sticks on one.
+		for i := range batch.Updates {
+			s.receive(&batch.Updates[i])
+		}
+		for _, bad := range batch.Undecodable {
+			s.log.Warn().Str("update_id", string(bad.UpdateID)).Int("bytes", len(bad.Raw)).
+				Msg("undecodable getUpdates item")
+			s.receiveUndecodable(bad)
 		}
 	}
 }
@@ -377,7 +384,7 @@ func (s *Session) confirmOffset(ctx context.Context, wm buko.UpdateID) {
 		s.log.Warn().Err(err).Msg("final offset not confirmed: no token")
 		return
 	}
-	if _, err := s.cfg.Client.GetUpdates(ctx, cred, buko.GetUpdatesParams{Offset: wm.Next(), Limit: 1}); err != nil {
+	if _, err := s.cfg.Client.PollUpdates(ctx, cred, buko.GetUpdatesParams{Offset: wm.Next(), Limit: 1}); err != nil {
 		s.log.Warn().Err(err).Msg("final offset not confirmed")
 		return
 	}
