@@ -1,10 +1,10 @@
 package runner
 
-// agentrunner_dead_letters_pending: the dead letters of the whole install not
+// agentrunner_runner_dead_letters_pending: the dead letters of the whole install not
 // replayed yet, read from Postgres when Prometheus scrapes (like the fleet
 // gauges); every replica reports the same fleet-wide number, so alerts take
 // max() over replicas. The counter of dead letters stored is the sessions
-// package's agentrunner_dead_letters_total{reason}.
+// package's agentrunner_sessions_dead_letters_total{reason}.
 
 import (
 	"context"
@@ -24,7 +24,7 @@ type deadLetterGauge struct {
 
 func newDeadLetterGauge() *deadLetterGauge {
 	return &deadLetterGauge{pending: prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "agentrunner_dead_letters_pending",
+		Name: "agentrunner_runner_dead_letters_pending",
 		Help: "Dead letters of the whole install not replayed yet (dead_letters rows with replayed_at NULL), read from Postgres at scrape time.",
 	})}
 }
@@ -45,7 +45,7 @@ func (g *deadLetterGauge) Collect(ch chan<- prometheus.Metric) {
 	g.pending.Collect(ch)
 }
 
-// WatchDeadLetters makes agentrunner_dead_letters_pending read the count of
+// WatchDeadLetters makes agentrunner_runner_dead_letters_pending read the count of
 // pending dead letters from pool at each scrape.
 func (m *Metrics) WatchDeadLetters(pool *pgxpool.Pool) {
 	if m == nil || m.deadLetters == nil || pool == nil {

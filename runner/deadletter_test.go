@@ -147,10 +147,10 @@ func TestDeadLettersEndToEnd(t *testing.T) {
 				dls[0].ChatID == nil || *dls[0].ChatID != b.ChatID || dls[0].ReplayedAt != nil {
 				t.Fatalf("dead letters %+v", dls)
 			}
-			if got := gaugeValue(t, reg, "agentrunner_dead_letters_pending"); got != 1 {
+			if got := gaugeValue(t, reg, "agentrunner_runner_dead_letters_pending"); got != 1 {
 				t.Errorf("pending gauge %v", got)
 			}
-			if got := counterValue(t, reg, "agentrunner_dead_letters_total", "reason", sessions.ReasonUndecodable); got != 1 {
+			if got := counterValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", sessions.ReasonUndecodable); got != 1 {
 				t.Errorf("dead letters counted %v", got)
 			}
 			noSecretsInDeadLetters(t, env, botTokens(t, env, bots)[0], "private")

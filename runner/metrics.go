@@ -34,7 +34,7 @@ type Metrics struct {
 	handoffs        *prometheus.CounterVec
 	fleet           *fleetGauges // agentrunner_runner_active_bots and _shards (fleetgauges.go)
 
-	deadLetters *deadLetterGauge // agentrunner_dead_letters_pending (deadletter_metrics.go)
+	deadLetters *deadLetterGauge // agentrunner_runner_dead_letters_pending (deadletter_metrics.go)
 }
 
 // NewMetrics registers the runner's metrics with reg; a nil reg yields a nil

@@ -20,7 +20,7 @@ import (
 )
 
 // Dead-letter reasons: short categories, the reason label of
-// agentrunner_dead_letters_total and the reason column of dead_letters.
+// agentrunner_sessions_dead_letters_total and the reason column of dead_letters.
 const (
 	// ReasonUndecodable: an update (a getUpdates item or a Gateway update
 	// frame) that does not decode, with an update_id that could be read.

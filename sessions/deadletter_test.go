@@ -174,7 +174,7 @@ func TestUndecodableUpdateDeadLettered(t *testing.T) {
 			if got := strings.Join(f.rec.texts(f.chats[0]), ",") + "|" + strings.Join(f.rec.texts(f.chats[1]), ","); got != "/start,before|/start,after" {
 				t.Fatalf("texts %s", got)
 			}
-			if n := counterValue(t, reg, "agentrunner_dead_letters_total", "reason", ReasonUndecodable); n != 1 {
+			if n := counterValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", ReasonUndecodable); n != 1 {
 				t.Errorf("dead letters counted %v", n)
 			}
 			for _, secret := range []string{f.token, "user text"} {

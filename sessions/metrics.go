@@ -73,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "polling_fallbacks_total",
 			Help: "Times a gateway session fell back to polling because upgrades kept failing."}),
 	}
-	m.deadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letters_total",
+	m.deadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dead_letters_total",
 		Help: "Updates kept as dead letters (stored before they were acked), by reason (undecodable, unreadable_frame, handoff_refused)."}, []string{"reason"})
 	m.dlFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dead_letter_errors_total",
 		Help: "Failed attempts to store a dead letter (the update stays unacked and is retried), and id-less ones dropped."})

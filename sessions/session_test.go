@@ -577,7 +577,7 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 	if got := sink.all(); len(got) != 2 || got[0].Reason != ReasonHandoffRefused || got[1].Reason != ReasonHandoffRefused {
 		t.Errorf("dead letters %+v", got)
 	}
-	if got := counterValue(t, reg, "agentrunner_dead_letters_total", "reason", ReasonHandoffRefused); got != 2 {
+	if got := counterValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", ReasonHandoffRefused); got != 2 {
 		t.Errorf("dead letters counted %v, want 2", got)
 	}
 }

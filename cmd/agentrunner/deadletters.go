@@ -39,7 +39,7 @@ replayed is not handed off again. One that still fails keeps its row, with the
 reason in replay_error.
 
 The status page and GET /api/v1/dead-letters show the same rows;
-agentrunner_dead_letters_pending counts the ones not replayed
+agentrunner_runner_dead_letters_pending counts the ones not replayed
 (alert AgentrunnerDeadLetters, deploy/runbooks/AgentrunnerDeadLetters.md).`,
 		Example: `  # what is pending, per bot
   agentrunner dead-letters list
