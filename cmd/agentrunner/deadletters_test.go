@@ -3,13 +3,19 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"buko.app/agentrunner/runner"
 	"buko.app/agentrunner/sessions"
 	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
+	"buko.app/agentrunner/workflows/codec"
 )
 
 // The replay command hands off a dead letter that the current decoder reads
@@ -81,5 +87,51 @@ func TestDeadLettersCommands(t *testing.T) {
 	}
 	if strings.Contains(f.captured.String(), tok) || strings.Contains(f.captured.String(), "fixed now") {
 		t.Fatal("a token or a payload was printed")
+	}
+}
+
+// Replay through Temporal (as production does): the dead letter becomes a
+// signal to its chat workflow, which now exists; the row is marked replayed.
+func TestDeadLettersReplayThroughTemporal(t *testing.T) {
+	addr := needTemporal(t)
+	f := newCLIFix(t)
+	botID, tok := f.simBot(t, map[string]any{"handle": "dlt_bot"})
+	f.mustRun(t, tok+"\n", append([]string{"bots", "add", "--handle", "@dlt_bot", "--agent", "echo"}, f.full()...)...)
+	keys := filepath.Join(t.TempDir(), "payload-keys.json")
+	f.mustRun(t, "", append([]string{"codec", "new-key", "--id", "k1", "--payload-keys", keys}, keyringArgs(f)...)...)
+	ctx := context.Background()
+	ci, err := vault.Open(ctx, vault.Config{Cipher: vault.KindLocal, Keyring: f.keyring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ci.Cleanup()
+	kr, err := codec.LoadKeyFile(ctx, keys, workflows.KeyUnwrapper{Cipher: ci})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chat := fmt.Sprintf("spc_dl_%d", time.Now().UnixNano())
+	if err := runner.NewDeadLetterStore(f.pool, kr).DeadLetter(ctx, botID, sessions.DeadLetter{UpdateID: "5", ChatID: chat,
+		Reason: sessions.ReasonUndecodable, Error: "old decoder",
+		Payload: []byte(`{"update_id":5,"message":{"message_id":1,"chat":{"id":"` + chat + `","type":"private"},"text":"via temporal"}}`)}); err != nil {
+		t.Fatal(err)
+	}
+	queue := fmt.Sprintf("dead-letters-%d", time.Now().UnixNano())
+	out := f.mustRun(t, "", append([]string{"dead-letters", "replay", "--bot", botID, "--temporal-address", addr,
+		"--temporal-task-queue", queue, "--payload-keys", keys}, f.cipher()...)...)
+	if !strings.Contains(out, "replayed 1 of 1") {
+		t.Fatalf("replay: %s", out)
+	}
+	tc, err := workflows.Dial(ctx, workflows.DialOptions{Address: addr, Keys: kr, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	d, err := tc.DescribeWorkflowExecution(ctx, workflows.WorkflowID(botID, chat), "")
+	if err != nil || d.GetWorkflowExecutionInfo().GetTaskQueue() != queue {
+		t.Fatalf("chat workflow after replay: %v, %v", d, err)
+	}
+	_ = tc.TerminateWorkflow(ctx, workflows.WorkflowID(botID, chat), "", "test done")
+	if n := f.count(t, `SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL`); n != 1 {
+		t.Fatalf("%d replayed rows", n)
 	}
 }
