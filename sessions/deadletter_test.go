@@ -319,3 +319,25 @@ func TestPermanentFailureDeadLettered(t *testing.T) {
 		t.Fatal("payload is not JSON")
 	}
 }
+
+// One poll returns an undecodable item followed by a good one: the good one
+// must not be handed off (moving the watermark) before the bad one is filed,
+// or the bad one would fall below the watermark and be dropped as a redelivery.
+func TestPollingBatchKeepsIDOrder(t *testing.T) {
+	e := newSim(t, sim.Options{})
+	f := newFixture(t, e, 2, nil)
+	c := f.freeChat()
+	cfg := f.config()
+	cfg.Delivery = DeliveryPolling
+	sink := &memSink{}
+	cfg.DeadLetters = sink
+	bad := e.rawUpdate(f.botID, `{"update_id":"$ID","message":7}`)
+	e.post(f.chats[c], f.users[c], "after")
+	s := startSession(t, cfg) // the first poll gets /start, /start, bad, after
+	waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 2 })
+	waitFor(t, "acked past both", func() bool { return bad.Less(f.simAcked()) })
+	stop(t, s)
+	if got := sink.all(); len(got) != 1 || got[0].UpdateID != bad {
+		t.Fatalf("dead letters %+v", got)
+	}
+}

@@ -3,6 +3,7 @@ package sessions
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -314,16 +315,7 @@ func (s *Session) poll(st *loopState) pollResult {
 		if wm != "" {
 			s.confirmed(wm)
 		}
-		// Undecodable items take their place in the window by id (kept as dead
-		// letters, then acked by the next offset): the bot never sticks on one.
-		for i := range batch.Updates {
-			s.receive(&batch.Updates[i])
-		}
-		for _, bad := range batch.Undecodable {
-			s.log.Warn().Str("update_id", string(bad.UpdateID)).Int("bytes", len(bad.Raw)).
-				Msg("undecodable getUpdates item")
-			s.receiveUndecodable(bad)
-		}
+		s.receiveBatch(batch)
 	}
 }
 
@@ -389,4 +381,39 @@ func (s *Session) confirmOffset(ctx context.Context, wm buko.UpdateID) {
 		return
 	}
 	s.confirmed(wm)
+}
+
+// receiveBatch files one getUpdates batch in id order, undecodable items
+// included (they take their place in the window by id, kept as dead letters,
+// then acked by the next offset: the bot never sticks on one). Order matters:
+// an update filed after a higher one was handed off would be below the
+// watermark, and dropped as a redelivery.
+func (s *Session) receiveBatch(b buko.Batch) {
+	type item struct {
+		u   *buko.Update
+		bad *buko.Undecodable
+	}
+	items := make([]item, 0, len(b.Updates)+len(b.Undecodable))
+	for i := range b.Updates {
+		items = append(items, item{u: &b.Updates[i]})
+	}
+	for _, bad := range b.Undecodable {
+		s.log.Warn().Str("update_id", string(bad.UpdateID)).Int("bytes", len(bad.Raw)).
+			Msg("undecodable getUpdates item")
+		items = append(items, item{bad: bad})
+	}
+	id := func(it item) buko.UpdateID {
+		if it.u != nil {
+			return it.u.UpdateID
+		}
+		return it.bad.UpdateID
+	}
+	slices.SortStableFunc(items, func(x, y item) int { return id(x).Compare(id(y)) })
+	for _, it := range items {
+		if it.u != nil {
+			s.receive(it.u)
+		} else {
+			s.receiveUndecodable(it.bad)
+		}
+	}
 }
