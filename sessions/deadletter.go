@@ -183,6 +183,11 @@ func (s *Session) receiveUndecodable(bad *buko.Undecodable) {
 	go func() {
 		defer s.bg.Done()
 		ok := s.storeDeadLetter(undecodableLetter(bad, now))
+		if !ok {
+			// Stopped first: with no id it held no ack back, so it is gone.
+			s.m.deadLetterFailed()
+			s.log.Error().Int("bytes", len(bad.Raw)).Msg("unreadable update without an update_id not stored before the session stopped")
+		}
 		s.mu.Lock()
 		s.unackableInFlight--
 		if ok {

@@ -341,3 +341,32 @@ func TestPollingBatchKeepsIDOrder(t *testing.T) {
 		t.Fatalf("dead letters %+v", got)
 	}
 }
+
+// Polling an item without an update_id: kept once (not once per poll), and
+// the session does not spin on it (the offset cannot pass it, so every poll
+// returns it again); a later update still goes through.
+func TestPollingIDLessItem(t *testing.T) {
+	e := newSim(t, sim.Options{})
+	f := newFixture(t, e, 1, nil)
+	cfg := f.config()
+	cfg.Delivery = DeliveryPolling
+	sink := &memSink{}
+	cfg.DeadLetters = sink
+	s := startSession(t, cfg)
+	waitFor(t, "/start handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 1 })
+	before := e.stats().UpdatesRedelivered
+	e.rawUpdate(f.botID, `{"message":{"text":"no id here"}}`)
+	waitFor(t, "kept", func() bool { return len(sink.all()) == 1 })
+	// Observe a second of polling: with BackoffMax 300 ms a handful of
+	// polls, not hundreds (a window to measure, not a wait for a condition).
+	<-time.After(time.Second)
+	if n := e.stats().UpdatesRedelivered - before; n > 20 {
+		t.Errorf("the id-less item was polled %d times in a second", n)
+	}
+	if got := sink.all(); len(got) != 1 || got[0].UpdateID != "" || got[0].Reason != ReasonUnreadableFrame {
+		t.Fatalf("dead letters %+v", got)
+	}
+	e.post(f.chats[0], f.users[0], "after")
+	waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 2 })
+	stop(t, s)
+}

@@ -242,6 +242,7 @@ func (s *Session) poll(st *loopState) pollResult {
 	s.setState(StatePolling, cause)
 	probeAt := time.Now().Add(s.cfg.GatewayRetry)
 	attempt := 0
+	idle := 0 // consecutive polls that returned only updates without an update_id
 	limit := min(buko.MaxPollLimit, s.cfg.MaxPending)
 	timeout := int(s.cfg.PollTimeout / time.Second)
 	for {
@@ -315,7 +316,18 @@ func (s *Session) poll(st *loopState) pollResult {
 		if wm != "" {
 			s.confirmed(wm)
 		}
-		s.receiveBatch(batch)
+		if s.receiveBatch(batch) {
+			// Only items without an update_id: the offset cannot pass them,
+			// so the next poll returns them at once. Do not spin on them.
+			idle++
+			if ok, kicked := s.sleepKick(backoff(idle, s.cfg.BackoffBase, s.cfg.BackoffMax)); !ok {
+				return pollStopped
+			} else if fallback && kicked {
+				return pollProbe
+			}
+		} else {
+			idle = 0
+		}
 	}
 }
 
@@ -388,7 +400,8 @@ func (s *Session) confirmOffset(ctx context.Context, wm buko.UpdateID) {
 // then acked by the next offset: the bot never sticks on one). Order matters:
 // an update filed after a higher one was handed off would be below the
 // watermark, and dropped as a redelivery.
-func (s *Session) receiveBatch(b buko.Batch) {
+// It reports whether the batch held items and none with an update_id.
+func (s *Session) receiveBatch(b buko.Batch) (onlyIDLess bool) {
 	type item struct {
 		u   *buko.Update
 		bad *buko.Undecodable
@@ -409,11 +422,16 @@ func (s *Session) receiveBatch(b buko.Batch) {
 		return it.bad.UpdateID
 	}
 	slices.SortStableFunc(items, func(x, y item) int { return id(x).Compare(id(y)) })
+	onlyIDLess = len(items) > 0
 	for _, it := range items {
+		if id(it) != "" {
+			onlyIDLess = false
+		}
 		if it.u != nil {
 			s.receive(it.u)
 		} else {
 			s.receiveUndecodable(it.bad)
 		}
 	}
+	return onlyIDLess
 }
