@@ -247,29 +247,57 @@ func (c *Client) SendDocument(ctx context.Context, cred Credential, p SendMediaP
 
 // GetUpdates long-polls for updates after p.Offset (which confirms every lower
 // id). The HTTP deadline is p.Timeout seconds plus PollGrace, whatever the
-// http.Client's own Timeout. An empty poll returns an empty slice.
+// http.Client's own Timeout. An empty poll returns an empty slice. It is
+// strict: one item that does not decode fails the call (an *Error naming the
+// item). Tools and tests use it; a session uses PollUpdates, which keeps the
+// rest of the batch.
 func (c *Client) GetUpdates(ctx context.Context, cred Credential, p GetUpdatesParams) ([]Update, error) {
-	wait := time.Duration(min(max(p.Timeout, 0), 3600)) * time.Second
-	raw, err := c.callJSON(ctx, cred, MethodGetUpdates, p, wait+PollGrace, MaxUpdatesResponseBytes)
+	b, err := c.PollUpdates(ctx, cred, p)
 	if err != nil {
 		return nil, err
 	}
+	if len(b.Undecodable) > 0 {
+		u := b.Undecodable[0]
+		return nil, malformed(MethodGetUpdates, http.StatusOK, "%d of %d updates do not decode; first: %v",
+			len(b.Undecodable), len(b.Undecodable)+len(b.Updates), u)
+	}
+	return b.Updates, nil
+}
+
+// PollUpdates is GetUpdates read item by item: the items that decode are in
+// b.Updates, in order; an item that does not is in b.Undecodable with its raw
+// JSON and, when it can be found, its update_id, so the caller can keep it and
+// move the offset past it. Only a result that is not a JSON array fails the
+// whole call.
+func (c *Client) PollUpdates(ctx context.Context, cred Credential, p GetUpdatesParams) (Batch, error) {
+	wait := time.Duration(min(max(p.Timeout, 0), 3600)) * time.Second
+	raw, err := c.callJSON(ctx, cred, MethodGetUpdates, p, wait+PollGrace, MaxUpdatesResponseBytes)
+	if err != nil {
+		return Batch{}, err
+	}
+	b := Batch{Updates: []Update{}}
 	if len(raw) == 0 {
-		return []Update{}, nil
+		return b, nil
 	}
 	var items []json.RawMessage
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, malformed(MethodGetUpdates, http.StatusOK, "result is not an array of updates: %v", err)
+		return Batch{}, malformed(MethodGetUpdates, http.StatusOK, "result is not an array of updates: %v", err)
 	}
-	out := make([]Update, 0, len(items))
+	b.Updates = make([]Update, 0, len(items))
 	for i, it := range items {
 		u, err := DecodeUpdate(it)
 		if err != nil {
-			return nil, malformed(MethodGetUpdates, http.StatusOK, "update %d of %d: %v", i, len(items), err)
+			bad, ok := AsUndecodable(err)
+			if !ok {
+				bad = undecodable(it, err)
+			}
+			bad.Err = fmt.Errorf("update %d of %d: %w", i, len(items), bad.Err)
+			b.Undecodable = append(b.Undecodable, bad)
+			continue
 		}
-		out = append(out, u)
+		b.Updates = append(b.Updates, u)
 	}
-	return out, nil
+	return b, nil
 }
 
 func messageResult(method string, raw json.RawMessage) (*Message, error) {

@@ -3,6 +3,7 @@ package buko
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"math/big"
 	"net/http"
@@ -39,6 +40,11 @@ var frameSeeds = []string{
 	``,
 	`{"type":"ping"}{"type":"pong"}`,
 	`{"type":"update","update":{"update_id":"1","message":{"reply_to_message":{"reply_to_message":{"reply_to_message":{}}}}}}`,
+	`{"type":"update","update":{"update_id":5,"message":{"message_id":42,"chat":{"id":9},"from":{"id":3},"text":"n"}}}`,
+	`{"type":"update","update":{"update_id":"6","message":{"message_id":-1,"chat":{"id":1.5}}}}`,
+	`{"type":"update","update":{"update_id":"7","message":{"text":{}}}}`,
+	`{"type":"update","update":{"update_id":"8","message":{"chat":{"id":"c"},"text":"cut`,
+	`{"type":"update","update":{"message":{},"update_id":99},"x":[`,
 }
 
 // FuzzDecodeFrame: never panic; what decodes re-encodes and re-decodes to the
@@ -53,6 +59,7 @@ func FuzzDecodeFrame(f *testing.F) {
 			if fr != (Frame{}) {
 				t.Fatalf("error %v with a non-zero frame %+v", err, fr)
 			}
+			checkUndecodable(t, data, err)
 			return
 		}
 		if fr.Type == "" {
@@ -102,6 +109,11 @@ func FuzzDecodeUpdate(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		u, err := DecodeUpdate(data)
 		if err != nil {
+			bad, ok := AsUndecodable(err)
+			if !ok {
+				t.Fatalf("DecodeUpdate error %T is not an *Undecodable", err)
+			}
+			checkUndecodable(t, data, bad)
 			return
 		}
 		if !u.UpdateID.Valid() {
@@ -121,6 +133,25 @@ func FuzzDecodeUpdate(f *testing.F) {
 			t.Fatalf("round trip changed the update:\n%+v\n%+v", u, again)
 		}
 	})
+}
+
+// checkUndecodable: an *Undecodable holds bytes of the input and, if any, a
+// canonical update_id.
+func checkUndecodable(t *testing.T, data []byte, err error) {
+	t.Helper()
+	if !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("error %v does not match ErrBadFrame", err)
+	}
+	u, ok := AsUndecodable(err)
+	if !ok {
+		return
+	}
+	if !bytes.Contains(data, u.Raw) {
+		t.Fatalf("raw %q is not part of the input", u.Raw)
+	}
+	if u.UpdateID != "" && !u.UpdateID.Valid() {
+		t.Fatalf("update_id %q not canonical", u.UpdateID)
+	}
 }
 
 // FuzzDecodeEnvelope: never panic; round trip stable; numbers never negative.

@@ -38,25 +38,25 @@ func DecodeFrame(data []byte) (Frame, error) {
 	if len(data) > MaxFrameBytes {
 		return Frame{}, fmt.Errorf("%w: %d bytes, over %d", ErrBadFrame, len(data), MaxFrameBytes)
 	}
-	if !isObject(data) {
-		return Frame{}, fmt.Errorf("%w: not a JSON object", ErrBadFrame)
-	}
 	var raw struct {
 		Type     json.RawMessage `json:"type"`
 		Update   json.RawMessage `json:"update"`
 		UpdateID json.RawMessage `json:"update_id"`
 	}
+	if !isObject(data) {
+		return Frame{}, unreadableFrame(data, fmt.Errorf("%w: not a JSON object", ErrBadFrame))
+	}
 	if err := json.Unmarshal(data, &raw); err != nil {
-		return Frame{}, fmt.Errorf("%w: %w", ErrBadFrame, err)
+		return Frame{}, unreadableFrame(data, fmt.Errorf("%w: %w", ErrBadFrame, err))
 	}
 	var typ string
 	if len(raw.Type) == 0 || raw.Type[0] != '"' || json.Unmarshal(raw.Type, &typ) != nil || typ == "" {
-		return Frame{}, fmt.Errorf("%w: missing or non-string \"type\"", ErrBadFrame)
+		return Frame{}, unreadableFrame(data, fmt.Errorf("%w: missing or non-string \"type\"", ErrBadFrame))
 	}
 	switch typ {
 	case FrameUpdate:
 		if isNull(raw.Update) {
-			return Frame{}, fmt.Errorf("%w: update frame without an update", ErrBadFrame)
+			return Frame{}, unreadableFrame(data, fmt.Errorf("%w: update frame without an update", ErrBadFrame))
 		}
 		u, err := DecodeUpdate(raw.Update)
 		if err != nil {
@@ -76,21 +76,37 @@ func DecodeFrame(data []byte) (Frame, error) {
 	return Frame{Type: typ}, nil
 }
 
+// unreadableFrame is the error of a frame that may be an update frame but
+// could not be read as one: an *Undecodable holding the whole frame (and the
+// update_id, if "update"."update_id" can be read before the damage). A frame
+// whose "type" reads as something other than "update" gets err itself.
+func unreadableFrame(data []byte, err error) error {
+	if t := scanPath(data, "type"); t != "" && t != FrameUpdate {
+		return err
+	}
+	u := &Undecodable{Raw: bytes.Clone(data), Err: err}
+	u.UpdateID = scanUpdateID(data, "update", "update_id")
+	return u
+}
+
 // DecodeUpdate reads one Update object (a Gateway frame's "update", or an item
 // of a getUpdates result). update_id is required and must be canonical (a bare
-// JSON integer is tolerated); unknown fields and unknown update kinds are
-// accepted. Empty arrays decode as nil, so a decoded update re-encodes and
-// re-decodes to the same value.
+// JSON integer is tolerated); the ids of messages, chats and users may be
+// strings or non-negative integers (normalised to decimal strings); unknown
+// fields and unknown update kinds are accepted. Empty arrays decode as nil, so
+// a decoded update re-encodes and re-decodes to the same value. Every error is
+// an *Undecodable (matching ErrBadFrame) with the update's raw bytes and, when
+// they can be read, its update_id and chat id.
 func DecodeUpdate(data []byte) (Update, error) {
 	if !isObject(data) {
-		return Update{}, fmt.Errorf("%w: update is not a JSON object", ErrBadFrame)
+		return Update{}, undecodable(data, fmt.Errorf("%w: update is not a JSON object", ErrBadFrame))
 	}
 	var u Update
 	if err := json.Unmarshal(data, &u); err != nil {
-		return Update{}, fmt.Errorf("%w: update: %w", ErrBadFrame, err)
+		return Update{}, undecodable(data, fmt.Errorf("%w: update: %w", ErrBadFrame, err))
 	}
 	if u.UpdateID == "" {
-		return Update{}, fmt.Errorf("%w: update without an update_id", ErrBadFrame)
+		return Update{}, undecodable(data, fmt.Errorf("%w: update without an update_id", ErrBadFrame))
 	}
 	normalizeMessage(u.Message)
 	normalizeMessage(u.EditedMessage)

@@ -88,6 +88,7 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/bots/{id}", a.api(a.getBot))
 	mux.HandleFunc("GET /api/v1/runners", a.api(a.listRunners))
 	mux.HandleFunc("GET /api/v1/shards", a.api(a.listShards))
+	mux.HandleFunc("GET /api/v1/dead-letters", a.api(a.listDeadLetters))
 	mux.HandleFunc("POST /api/v1/bots/{id}/pause", a.write(a.pause))
 	mux.HandleFunc("POST /api/v1/bots/{id}/resume", a.write(a.resume))
 	mux.HandleFunc("POST /api/v1/bots/{id}/reconnect", a.write(a.reconnect))

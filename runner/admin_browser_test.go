@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 
 	"buko.app/agentrunner/buko/sim/web/browser"
 	"buko.app/agentrunner/runner/runnertest"
+	"buko.app/agentrunner/sessions"
 )
 
 // TestAdminStatusPageInChromium loads the status page against a running
@@ -37,6 +39,17 @@ func TestAdminStatusPageInChromium(t *testing.T) {
 	want[bots[4].Handle] = "paused"
 	b.WaitBotStates(c.base, want)
 	b.Screenshot("status.png")
+
+	// A dead letter shows in the page's dead-letter table.
+	if err := NewDeadLetterStore(env.Pool, testKeys(t)).DeadLetter(context.Background(), bots[1].ID, sessions.DeadLetter{
+		UpdateID: "1", Reason: sessions.ReasonUndecodable, Error: "test", Payload: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	b.Do("see the dead letter",
+		chromedp.Navigate(c.base+"/"),
+		chromedp.WaitVisible(`#dead-letter-counts tr[data-bot-id="`+bots[1].ID+`"]`),
+	)
+	b.Screenshot("status-dead-letters.png")
 
 	// The bot page, on a phone.
 	b.Do("open the bot page on a phone",

@@ -69,6 +69,10 @@ type pageData struct {
 
 	// bot page
 	Bot *BotDetail
+
+	// dead letters not replayed yet, per bot (deadletter_admin.go)
+	DeadLetters        []deadLetterCount
+	DeadLettersPending int
 }
 
 type stateCount struct {
@@ -248,6 +252,7 @@ func (a *Admin) indexPage(r *http.Request) (string, pageData, int) {
 	slices.SortFunc(d.States, func(x, y stateCount) int { return strings.Compare(x.State, y.State) })
 	d.TotalBots = len(bots)
 	d.Bots = filterBots(bots, d.Q, d.State)
+	d.DeadLetters, d.DeadLettersPending = a.deadLetterCounts(ctx, bots)
 	return "index", d, http.StatusOK
 }
 

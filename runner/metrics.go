@@ -33,6 +33,8 @@ type Metrics struct {
 	tokenBatch      prometheus.Histogram
 	handoffs        *prometheus.CounterVec
 	fleet           *fleetGauges // agentrunner_runner_active_bots and _shards (fleetgauges.go)
+
+	deadLetters *deadLetterGauge // agentrunner_runner_dead_letters_pending (deadletter_metrics.go)
 }
 
 // NewMetrics registers the runner's metrics with reg; a nil reg yields a nil
@@ -113,6 +115,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.leasesHeld, m.liveRunners, m.epochChanges, m.leasesLost, m.renewSeconds,
 		m.renewFailures, m.selfFencing, m.fencedWrites, m.reconcilePasses, m.sessions,
 		m.sessionsStarted, m.sessionsStopped, m.tokenBatch, m.handoffs, m.fleet)
+	m.deadLetters = newDeadLetterGauge()
+	reg.MustRegister(m.deadLetters)
 	for _, k := range []string{"free", "takeover"} {
 		m.epochChanges.WithLabelValues(k)
 	}

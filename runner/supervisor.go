@@ -50,6 +50,11 @@ type SupervisorConfig struct {
 	Client      *buko.Client
 	Tokens      Tokens
 	Handoff     sessions.Handoff
+
+	// DeadLetters keeps what sessions cannot hand off before they ack it
+	// (a *DeadLetterStore). nil: such updates are never acked (sessions.Config).
+	DeadLetters sessions.DeadLetterSink
+
 	// ReconcileInterval is the period of the full pass (default 30 s);
 	// notifications make changes take effect at once.
 	ReconcileInterval time.Duration
@@ -165,6 +170,7 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	// The fleet gauges (active bots of the shards held, shard count) read
 	// Postgres at each scrape of this replica's metrics.
 	cfg.Metrics.WatchFleet(cfg.Pool, sh)
+	cfg.Metrics.WatchDeadLetters(cfg.Pool)
 	return s, nil
 }
 
@@ -681,6 +687,7 @@ func (s *Supervisor) sessionConfig(b *botRun) sessions.Config {
 			}
 		},
 	}
+	cfg.DeadLetters = s.cfg.DeadLetters
 	if s.cfg.Tune != nil {
 		s.cfg.Tune(&cfg)
 	}

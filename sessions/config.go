@@ -44,6 +44,12 @@ type Config struct {
 	Client   *buko.Client // REST base URL and GatewayURL()
 	Tokens   TokenSource
 	Handoff  Handoff
+	// DeadLetters keeps what cannot be handed off (an update that does not
+	// decode, one Handoff refuses permanently) before it is acked. nil is
+	// allowed and means "never ack such an update": it is retried with
+	// backoff forever (logged, counted) and the bot waits at it — safe, never
+	// lossy. The runner always sets it (Postgres, runner/deadletter.go).
+	DeadLetters DeadLetterSink
 
 	Lanes      int            // parallel lanes by hash(chat_id), default 8
 	MaxPending int            // updates held in memory per bot, default 256 (back-pressure: stop reading)

@@ -8,8 +8,9 @@ func (e *permanentError) Unwrap() error   { return e.err }
 func (e *permanentError) Permanent() bool { return true }
 
 // Permanent marks a handoff error that retrying cannot fix (e.g. the update is
-// malformed): the session records it (log and metric) and treats the update as
-// done so the bot is not stuck. Permanent(nil) is nil.
+// malformed): the session records it (log and metric), keeps the update as a
+// dead letter (Config.DeadLetters) and, once that is stored, treats it as done
+// so the bot is not stuck. Permanent(nil) is nil.
 func Permanent(err error) error {
 	if err == nil {
 		return nil

@@ -251,7 +251,15 @@ func (s *Session) readFrames(g *gwConn) connEnd {
 		f, err := buko.DecodeFrame(data)
 		if err != nil {
 			s.m.frame(frameInvalid)
-			s.log.Warn().Err(err).Int("bytes", len(data)).Msg("unreadable gateway frame ignored")
+			if bad, ok := buko.AsUndecodable(err); ok {
+				// Possibly an update: kept as a dead letter, acked (if it has
+				// an id) only once that is stored.
+				s.log.Warn().Str("update_id", string(bad.UpdateID)).Int("bytes", len(data)).
+					Msg("unreadable gateway update frame")
+				s.receiveUndecodable(bad)
+				continue
+			}
+			s.log.Warn().Int("bytes", len(data)).Msg("unreadable gateway frame ignored")
 			continue
 		}
 		switch f.Type {

@@ -10,11 +10,20 @@ import (
 // receive files one delivered update: a new one goes to its chat's lane, a
 // duplicate still in memory is dropped, and one at or below the watermark
 // (handed off already; the server missed our ack) is dropped and re-acked.
-func (s *Session) receive(u *buko.Update) {
+func (s *Session) receive(u *buko.Update) { s.receiveEntry(u, nil) }
+
+// receiveEntry is receive for an update, or (dl set) for the placeholder of
+// an undecodable one: u then carries only its update_id, and its handoff is
+// storing dl.
+func (s *Session) receiveEntry(u *buko.Update, dl *DeadLetter) {
 	s.m.updateReceived()
 	s.mu.Lock()
 	res, e := s.w.accept(u, time.Now(), s.draining)
 	if res == acceptNew {
+		if dl != nil {
+			dl.ReceivedAt = e.recv
+			e.dl = dl
+		}
 		s.dispatchLocked(e)
 	}
 	s.mu.Unlock()
@@ -35,7 +44,11 @@ func (s *Session) receive(u *buko.Update) {
 
 // dispatchLocked queues e on its chat's lane and starts the lane if idle.
 func (s *Session) dispatchLocked(e *entry) {
-	l := &s.w.lanes[laneOf(e.u.ChatID(), len(s.w.lanes))]
+	chat := e.u.ChatID()
+	if e.dl != nil {
+		chat = e.dl.ChatID // in its chat's order when the chat could be read
+	}
+	l := &s.w.lanes[laneOf(chat, len(s.w.lanes))]
 	l.queue = append(l.queue, e)
 	if !l.running {
 		l.running = true
@@ -60,9 +73,15 @@ func (s *Session) runLane(l *lane) {
 		if len(l.queue) == 0 {
 			l.queue = nil
 		}
-		u, recv := e.u, e.recv
+		u, recv, dl := e.u, e.recv, e.dl
 		s.mu.Unlock()
-		if !s.handoff(u, recv) {
+		var ok bool
+		if dl != nil {
+			ok = s.storeDeadLetter(*dl)
+		} else {
+			ok = s.handoff(u, recv)
+		}
+		if !ok {
 			// Stopped hard: the update stays unacked and is redelivered to the next owner.
 			s.mu.Lock()
 			l.running = false
@@ -73,9 +92,10 @@ func (s *Session) runLane(l *lane) {
 	}
 }
 
-// handoff calls Handoff until it succeeds, fails permanently, or the session
-// is stopped hard (false). The context carries recv, the update's receipt
-// time (buko.ReceivedAt), for reply-latency measurement downstream.
+// handoff calls Handoff until it succeeds, or fails permanently and the update
+// is stored as a dead letter, or the session is stopped hard (false: not
+// acked). The context carries recv, the update's receipt time
+// (buko.ReceivedAt), for reply-latency measurement downstream.
 func (s *Session) handoff(u *buko.Update, recv time.Time) bool {
 	start := time.Now()
 	ctx := buko.WithReceivedAt(s.runCtx, recv)
@@ -88,8 +108,8 @@ func (s *Session) handoff(u *buko.Update, recv time.Time) bool {
 		if IsPermanent(err) {
 			s.m.handoffFailed(true)
 			s.log.Error().Err(err).Str("update_id", string(u.UpdateID)).
-				Msg("handoff failed permanently; update skipped")
-			return true
+				Msg("handoff failed permanently; keeping the update as a dead letter")
+			return s.storeDeadLetter(refusedLetter(u, recv, err))
 		}
 		if s.runCtx.Err() != nil {
 			return false

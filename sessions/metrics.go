@@ -35,6 +35,8 @@ type Metrics struct {
 	authFailures prometheus.Counter
 	pollErrors   *prometheus.CounterVec
 	fallbacks    prometheus.Counter
+	deadLetters  *prometheus.CounterVec
+	dlFailures   prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -50,7 +52,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			// 1 s is the ingest SLO's threshold (deploy/prometheus), so it is a bound.
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}),
 		handoffErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_errors_total",
-			Help: "Failed handoff attempts: retryable (retried) or permanent (update skipped)."}, []string{"kind"}),
+			Help: "Failed handoff attempts: retryable (retried) or permanent (kept as a dead letter)."}, []string{"kind"}),
 		updates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "updates_received_total",
 			Help: "Updates received from the Gateway or getUpdates, duplicates included."}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "duplicates_dropped_total",
@@ -71,6 +73,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "polling_fallbacks_total",
 			Help: "Times a gateway session fell back to polling because upgrades kept failing."}),
 	}
+	m.deadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dead_letters_total",
+		Help: "Updates kept as dead letters (stored before they were acked), by reason (undecodable, unreadable_frame, handoff_refused)."}, []string{"reason"})
+	m.dlFailures = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dead_letter_errors_total",
+		Help: "Failed attempts to store a dead letter (the update stays unacked and is retried), and id-less ones dropped."})
+	for _, r := range DeadLetterReasons() {
+		m.deadLetters.WithLabelValues(r)
+	}
 	frames := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "frames_received_total",
 		Help: "Gateway messages received, by frame type."}, []string{"type"})
 	m.frames = map[string]prometheus.Counter{}
@@ -85,7 +94,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.sessions, m.reconnects, m.handoff, m.handoffErrs, frames, m.updates, m.duplicates,
-			m.acks, m.lag, m.pending, m.backpressure, m.authFailures, m.pollErrors, m.fallbacks)
+			m.acks, m.lag, m.pending, m.backpressure, m.authFailures, m.pollErrors, m.fallbacks,
+			m.deadLetters, m.dlFailures)
 	}
 	return m
 }
@@ -184,5 +194,17 @@ func (m *Metrics) pollError(cause string) {
 func (m *Metrics) fallback() {
 	if m != nil {
 		m.fallbacks.Inc()
+	}
+}
+
+func (m *Metrics) deadLettered(reason string) {
+	if m != nil {
+		m.deadLetters.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) deadLetterFailed() {
+	if m != nil {
+		m.dlFailures.Inc()
 	}
 }

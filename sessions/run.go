@@ -3,6 +3,7 @@ package sessions
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -241,6 +242,7 @@ func (s *Session) poll(st *loopState) pollResult {
 	s.setState(StatePolling, cause)
 	probeAt := time.Now().Add(s.cfg.GatewayRetry)
 	attempt := 0
+	idle := 0 // consecutive polls that returned only updates without an update_id
 	limit := min(buko.MaxPollLimit, s.cfg.MaxPending)
 	timeout := int(s.cfg.PollTimeout / time.Second)
 	for {
@@ -275,7 +277,7 @@ func (s *Session) poll(st *loopState) pollResult {
 		if wm != "" {
 			offset = wm.Next()
 		}
-		ups, err := s.cfg.Client.GetUpdates(ctx, cred, buko.GetUpdatesParams{Offset: offset, Limit: limit, Timeout: timeout})
+		batch, err := s.cfg.Client.PollUpdates(ctx, cred, buko.GetUpdatesParams{Offset: offset, Limit: limit, Timeout: timeout})
 		kicked := ctx.Err() != nil
 		cancel()
 		s.mu.Lock()
@@ -314,8 +316,17 @@ func (s *Session) poll(st *loopState) pollResult {
 		if wm != "" {
 			s.confirmed(wm)
 		}
-		for i := range ups {
-			s.receive(&ups[i])
+		if s.receiveBatch(batch) {
+			// Only items without an update_id: the offset cannot pass them,
+			// so the next poll returns them at once. Do not spin on them.
+			idle++
+			if ok, kicked := s.sleepKick(backoff(idle, s.cfg.BackoffBase, s.cfg.BackoffMax)); !ok {
+				return pollStopped
+			} else if fallback && kicked {
+				return pollProbe
+			}
+		} else {
+			idle = 0
 		}
 	}
 }
@@ -377,9 +388,50 @@ func (s *Session) confirmOffset(ctx context.Context, wm buko.UpdateID) {
 		s.log.Warn().Err(err).Msg("final offset not confirmed: no token")
 		return
 	}
-	if _, err := s.cfg.Client.GetUpdates(ctx, cred, buko.GetUpdatesParams{Offset: wm.Next(), Limit: 1}); err != nil {
+	if _, err := s.cfg.Client.PollUpdates(ctx, cred, buko.GetUpdatesParams{Offset: wm.Next(), Limit: 1}); err != nil {
 		s.log.Warn().Err(err).Msg("final offset not confirmed")
 		return
 	}
 	s.confirmed(wm)
+}
+
+// receiveBatch files one getUpdates batch in id order, undecodable items
+// included (they take their place in the window by id, kept as dead letters,
+// then acked by the next offset: the bot never sticks on one). Order matters:
+// an update filed after a higher one was handed off would be below the
+// watermark, and dropped as a redelivery.
+// It reports whether the batch held items and none with an update_id.
+func (s *Session) receiveBatch(b buko.Batch) (onlyIDLess bool) {
+	type item struct {
+		u   *buko.Update
+		bad *buko.Undecodable
+	}
+	items := make([]item, 0, len(b.Updates)+len(b.Undecodable))
+	for i := range b.Updates {
+		items = append(items, item{u: &b.Updates[i]})
+	}
+	for _, bad := range b.Undecodable {
+		s.log.Warn().Str("update_id", string(bad.UpdateID)).Int("bytes", len(bad.Raw)).
+			Msg("undecodable getUpdates item")
+		items = append(items, item{bad: bad})
+	}
+	id := func(it item) buko.UpdateID {
+		if it.u != nil {
+			return it.u.UpdateID
+		}
+		return it.bad.UpdateID
+	}
+	slices.SortStableFunc(items, func(x, y item) int { return id(x).Compare(id(y)) })
+	onlyIDLess = len(items) > 0
+	for _, it := range items {
+		if id(it) != "" {
+			onlyIDLess = false
+		}
+		if it.u != nil {
+			s.receive(it.u)
+		} else {
+			s.receiveUndecodable(it.bad)
+		}
+	}
+	return onlyIDLess
 }

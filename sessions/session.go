@@ -77,6 +77,9 @@ type Session struct {
 	pollCancel context.CancelFunc
 	polled     bool // getUpdates delivered at some point (Stop confirms the offset)
 	draining   bool
+
+	unackableInFlight int               // id-less dead letters being stored (deadletter.go)
+	unackableSeen     map[[32]byte]bool // digests of id-less dead letters stored
 }
 
 // Start validates cfg and starts the session in the background. It returns at
@@ -100,6 +103,8 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		stopped: make(chan struct{}),
+
+		unackableSeen: map[[32]byte]bool{},
 	}
 	s.w.init(cfg.Lanes)
 	s.runCtx, s.runCancel = context.WithCancel(ctx)

@@ -539,6 +539,8 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cfg := f.config()
 	cfg.Metrics = NewMetrics(reg)
+	sink := &memSink{}
+	cfg.DeadLetters = sink
 	f.rec.fail = func(u buko.Update, attempt int) error {
 		if u.Message == nil {
 			return nil
@@ -571,6 +573,13 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 		t.Errorf("retryable errors %v, want 2", got)
 	}
 	stop(t, s)
+	// The permanent failures were kept as dead letters before they were acked.
+	if got := sink.all(); len(got) != 2 || got[0].Reason != ReasonHandoffRefused || got[1].Reason != ReasonHandoffRefused {
+		t.Errorf("dead letters %+v", got)
+	}
+	if got := counterValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", ReasonHandoffRefused); got != 2 {
+		t.Errorf("dead letters counted %v, want 2", got)
+	}
 }
 
 func TestChaosLosesNothing(t *testing.T) {

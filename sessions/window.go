@@ -13,6 +13,7 @@ type entry struct {
 	u    *buko.Update // nil once handed off
 	recv time.Time
 	done bool
+	dl   *DeadLetter // set for an undecodable update: its "handoff" is storing this
 }
 
 // lane hands off its queue in order; its goroutine exists only while it has work.
@@ -83,6 +84,7 @@ func (w *window) complete(e *entry) bool {
 	}
 	e.done = true
 	e.u = nil
+	e.dl = nil
 	w.undone--
 	n := 0
 	for n < len(w.pending) && w.pending[n].done {

@@ -18,6 +18,7 @@ func (s *Server) controlMux() *http.ServeMux {
 	m.HandleFunc("GET /sim/bots/{bot_id}", s.ctlGetBot)
 	m.HandleFunc("PATCH /sim/bots/{bot_id}", s.ctlPatchBot)
 	m.HandleFunc("POST /sim/bots/{bot_id}/rotate-token", s.ctlRotateToken)
+	m.HandleFunc("POST /sim/bots/{bot_id}/raw-updates", s.ctlRawUpdate)
 	m.HandleFunc("POST /sim/users", s.ctlCreateUser)
 	m.HandleFunc("GET /sim/users", s.ctlListUsers)
 	m.HandleFunc("POST /sim/chats/private", s.ctlStartPrivate)

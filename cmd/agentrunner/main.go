@@ -74,6 +74,7 @@ a flag given on the command line wins.`,
 		newCodecCmd(g),
 		newDevCmd(g),
 		newBenchCmd(g),
+		newDeadLettersCmd(g),
 	)
 	return root
 }

@@ -24,6 +24,7 @@ import (
 	"buko.app/agentrunner/sessions"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows"
+	"buko.app/agentrunner/workflows/codec"
 )
 
 // Handoff implementations selectable with --handoff.
@@ -185,6 +186,10 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 	var ready []runner.ReadyCheck
 
 	var handoff sessions.Handoff
+	// Dead letters are sealed with the payload keys; the Postgres handoff
+	// (tests) has them only when --payload-keys is given, else a dead
+	// letter cannot be stored and its update is never acked.
+	var deadLetters *runner.DeadLetterStore
 	switch f.handoff {
 	case handoffPostgres:
 		// Connections of its own, as the Temporal handoff has: a burst of
@@ -197,6 +202,13 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 		}
 		defer hpool.Close()
 		handoff = runner.NewPGHandoff(hpool, f.runnerID, metrics)
+		var keys *codec.Keyring
+		if f.temporal.keysFile != "" {
+			if keys, err = f.temporal.loadKeys(ctx, workflows.KeyUnwrapper{Cipher: ci}); err != nil {
+				return err
+			}
+		}
+		deadLetters = runner.NewDeadLetterStore(pool, keys)
 	case handoffTemporal:
 		wm := workflows.NewMetrics(reg)
 		keys, err := f.temporal.loadKeys(ctx, workflows.KeyUnwrapper{Cipher: ci})
@@ -209,6 +221,7 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 		}
 		defer tc.Close()
 		handoff = workflows.NewHandoff(tc, f.temporal.taskQueue).WithMetrics(wm)
+		deadLetters = runner.NewDeadLetterStore(pool, keys)
 		ready = append(ready, runner.ReadyCheck{Name: "temporal", Check: func(ctx context.Context) error {
 			_, err := tc.CheckHealth(ctx, &temporalclient.CheckHealthRequest{})
 			return err
@@ -240,7 +253,7 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 
 	sup, err := runner.NewSupervisor(runner.SupervisorConfig{
 		Pool: pool, RunnerID: f.runnerID, TTL: f.leaseTTL,
-		Client: client, Tokens: tokens, Handoff: handoff,
+		Client: client, Tokens: tokens, Handoff: handoff, DeadLetters: deadLetters,
 		ReconcileInterval: f.reconcileInterval,
 		SessionMetrics:    sessions.NewMetrics(reg),
 		Metrics:           metrics,
