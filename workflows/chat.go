@@ -204,20 +204,27 @@ func (c *chat) awaitUpdate(ctx workflow.Context, ch workflow.ReceiveChannel) (bo
 	tctx, cancel := workflow.WithCancel(ctx)
 	defer cancel()
 	timer := workflow.NewTimer(tctx, c.s.IdleTimeout)
-	got, fired := false, false
+	got, fired, timerDone := false, false, false
 	sel := workflow.NewSelector(ctx)
 	sel.AddReceive(ch, func(rc workflow.ReceiveChannel, _ bool) {
+		// ReceiveAsync, not Receive: the SDK drops a signal whose payload does
+		// not decode (the codec refuses it), and Receive would then block in
+		// this callback until the next good signal, past the idle timer.
 		var u UpdateSignal
-		rc.Receive(ctx, &u)
-		c.push(u)
-		got = true
+		if rc.ReceiveAsync(&u) {
+			c.push(u)
+			got = true
+		}
 	})
 	sel.AddFuture(timer, func(f workflow.Future) {
+		timerDone = true
 		if err := f.Get(ctx, nil); err == nil {
 			fired = true
 		}
 	})
-	sel.Select(ctx)
+	for !got && !timerDone {
+		sel.Select(ctx)
+	}
 	if got {
 		return true, nil
 	}

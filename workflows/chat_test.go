@@ -279,6 +279,27 @@ func TestChatWorkflowDropsInvalidSignals(t *testing.T) {
 	}
 }
 
+// A signal that does not decode, arriving while the workflow waits for its
+// quiet time, is dropped without holding the workflow open: it still ends
+// after its idle timeout.
+func TestChatWorkflowEndsIdleAfterUndecodableSignal(t *testing.T) {
+	f := &fakeActs{}
+	env := newTestEnv(t, f)
+	signalAt(env, time.Second, textUpdate("5", "c1", "a"))
+	env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalUpdate, "not an update") }, 2*time.Second)
+	env.ExecuteWorkflow(ChatWorkflowName, testInput())
+	if !env.IsWorkflowCompleted() {
+		t.Fatal("workflow did not end after its idle timeout")
+	}
+	var res ChatResult
+	if err := env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if res.LastUpdateID != "5" || res.Processed != 1 || fmt.Sprint(f.agentIDs) != "[5]" {
+		t.Errorf("result %+v, agent saw %v", res, f.agentIDs)
+	}
+}
+
 func TestChatWorkflowRejectsEmptyInput(t *testing.T) {
 	env := newTestEnv(t, &fakeActs{})
 	env.ExecuteWorkflow(ChatWorkflowName, ChatInput{})
