@@ -458,8 +458,8 @@ func interpret(method string, resp *http.Response, data []byte, token string) (j
 	e := &Error{
 		Method:      method,
 		Status:      status,
-		Code:        sanitizeText(scrubString(env.Code, token), 100),
-		Description: sanitizeText(scrubString(env.Description, token), 500),
+		Code:        SanitizeText(scrubString(env.Code, token), 100),
+		Description: SanitizeText(scrubString(env.Description, token), 500),
 		RetryAfter:  max(time.Duration(env.RetryAfter)*time.Second, hdrWait),
 	}
 	if env.OK { // ok:true under a non-2xx status: believe the status
@@ -484,14 +484,15 @@ func describeBody(ctype string, data []byte, token string) string {
 	}
 	kind := "not a JSON envelope"
 	if ctype != "" {
-		kind = "not a JSON envelope (Content-Type " + sanitizeText(scrubString(ctype, token), 60) + ")"
+		kind = "not a JSON envelope (Content-Type " + SanitizeText(scrubString(ctype, token), 60) + ")"
 	}
-	return fmt.Sprintf("%s: %d bytes: \"%s\"", kind, len(data), sanitizeText(scrubString(string(data), token), 120))
+	return fmt.Sprintf("%s: %d bytes: \"%s\"", kind, len(data), SanitizeText(scrubString(string(data), token), 120))
 }
 
-// sanitizeText keeps at most n runes of s, valid UTF-8 and without control
-// characters (newlines in an error string break log lines).
-func sanitizeText(s string, n int) string {
+// SanitizeText keeps at most n runes of s, valid UTF-8 and without control
+// characters (newlines in an error string break log lines), for text from
+// outside that goes into errors, logs and stored reasons.
+func SanitizeText(s string, n int) string {
 	var b strings.Builder
 	count := 0
 	for _, r := range s {

@@ -84,13 +84,13 @@ func mediaType(field, declared string, data []byte) (string, error) {
 	}
 	mt, params, err := mime.ParseMediaType(ctype)
 	if err != nil {
-		return "", fmt.Errorf("%s MIME type %q is not valid: %v", field, sanitizeText(ctype, 80), err)
+		return "", fmt.Errorf("%s MIME type %q is not valid: %v", field, SanitizeText(ctype, 80), err)
 	}
 	if field == "photo" && !strings.HasPrefix(mt, "image/") {
 		if declared == "" {
 			return "", fmt.Errorf("photo bytes look like %s, not an image; send it as a document", mt)
 		}
-		return "", fmt.Errorf("photo MIME type %q is not an image type; send it as a document", sanitizeText(mt, 80))
+		return "", fmt.Errorf("photo MIME type %q is not an image type; send it as a document", SanitizeText(mt, 80))
 	}
 	return mime.FormatMediaType(mt, params), nil
 }

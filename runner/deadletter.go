@@ -12,9 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -76,7 +74,7 @@ func (s *DeadLetterStore) DeadLetter(ctx context.Context, botID string, d sessio
 		INSERT INTO dead_letters (bot_id, update_id, chat_id, reason, error, payload, payload_bytes, received_at)
 		VALUES ($1, NULLIF($2, ''), NULLIF($3, ''), $4, $5, $6, $7, $8)
 		ON CONFLICT (bot_id, update_id) WHERE update_id IS NOT NULL DO NOTHING`,
-		botID, string(d.UpdateID), boundText(d.ChatID, 200), boundText(d.Reason, 40), boundText(d.Error, maxReplayErrLen),
+		botID, string(d.UpdateID), buko.SanitizeText(d.ChatID, 200), buko.SanitizeText(d.Reason, 40), buko.SanitizeText(d.Error, maxReplayErrLen),
 		sealed, len(d.Payload), recv)
 	if err != nil {
 		return fmt.Errorf("runner: store dead letter: %w", err)
@@ -254,7 +252,7 @@ func (s *DeadLetterStore) Replay(ctx context.Context, h sessions.Handoff, id int
 		}
 	}
 	if rerr != nil {
-		out.Error = boundText(rerr.Error(), maxReplayErrLen)
+		out.Error = buko.SanitizeText(rerr.Error(), maxReplayErrLen)
 		if _, err := s.pool.Exec(ctx, `UPDATE dead_letters SET replay_error = $2 WHERE id = $1`, id, out.Error); err != nil {
 			return out, fmt.Errorf("runner: record replay error of dead letter %d: %w", id, err)
 		}
@@ -286,22 +284,4 @@ func (s *DeadLetterStore) decode(botID string, id buko.UpdateID, sealed []byte) 
 		return buko.Update{}, fmt.Errorf("decodes with update_id %s, not %s", u.UpdateID, id)
 	}
 	return u, nil
-}
-
-// boundText keeps at most n runes of s, without control characters.
-func boundText(s string, n int) string {
-	var b strings.Builder
-	count := 0
-	for _, r := range s {
-		if count == n {
-			b.WriteString("…")
-			break
-		}
-		if r == utf8.RuneError || r < 0x20 || r == 0x7f {
-			r = ' '
-		}
-		b.WriteRune(r)
-		count++
-	}
-	return b.String()
 }

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"buko.app/agentrunner/buko"
 )
@@ -113,20 +112,7 @@ func (s *Session) scrub(msg string) string {
 			msg = strings.ReplaceAll(msg, t, "[redacted]")
 		}
 	}
-	var b strings.Builder
-	n := 0
-	for _, r := range msg {
-		if n == maxDeadLetterError {
-			b.WriteString("…")
-			break
-		}
-		if r == utf8.RuneError || r < 0x20 || r == 0x7f {
-			r = ' '
-		}
-		b.WriteRune(r)
-		n++
-	}
-	return b.String()
+	return buko.SanitizeText(msg, maxDeadLetterError)
 }
 
 // undecodableLetter is the dead letter of an update that did not decode.
