@@ -27,11 +27,12 @@ import (
 )
 
 // Tokens is what the supervisor needs of the vault token cache
-// (*vault.Cache): per-bot lookups for sessions and one batch load when shards
-// are claimed.
+// (*vault.Cache): per-bot lookups for sessions, one batch load when shards
+// are claimed, and Forget when a bot leaves this replica.
 type Tokens interface {
 	sessions.TokenSource
 	Prefetch(ctx context.Context, botIDs []string) (failed map[string]error, err error)
+	Forget(botID string)
 }
 
 // Defaults of SupervisorConfig.
@@ -312,7 +313,7 @@ func (s *Supervisor) Lost(ctx context.Context, leases []Lease, reason string) {
 	}
 	s.dropCursors(leases)
 	for _, b := range runs {
-		s.cfg.Tokens.Invalidate(b.id)
+		s.cfg.Tokens.Forget(b.id)
 	}
 	if len(runs) > 0 {
 		ev := s.log.Debug()
@@ -593,7 +594,7 @@ func (s *Supervisor) stopBots(ctx context.Context, runs []*botRun) {
 	defer cancel()
 	s.stopAll(sctx, runs, "inactive")
 	for _, b := range runs {
-		s.cfg.Tokens.Invalidate(b.id)
+		s.cfg.Tokens.Forget(b.id)
 		s.log.Info().Str("bot_id", b.id).Int("shard", b.lease.Shard).Msg("session stopped: bot not active here")
 	}
 }

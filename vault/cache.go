@@ -331,6 +331,19 @@ func (c *Cache) Invalidate(botID string) {
 	c.metrics.cacheSize(len(c.entries))
 }
 
+// Forget drops botID's token from memory at once (the bot left this
+// replica: its plaintext must not linger until the TTL). A load in flight
+// for it does not install its result.
+func (c *Cache) Forget(botID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.invalAt[botID] = c.gen
+	delete(c.entries, botID)
+	c.maybePruneLocked(c.now())
+	c.metrics.cacheSize(len(c.entries))
+}
+
 // Prune drops expired tokens from memory, and the invalidation marks no load
 // in flight needs; it returns how many tokens it dropped. The cache also
 // prunes itself as it is used (at most every TTL/4).

@@ -181,3 +181,31 @@ func TestCacheMapsArePruned(t *testing.T) {
 		t.Fatalf("after the TTL: %d entries, %d invalidation marks, %d calls; want 1, 0, 0", e, inval, calls)
 	}
 }
+
+// Forget (a bot left this replica) drops the plaintext at once, unlike
+// Invalidate, which keeps it marked stale for a revalidation; the next Get
+// loads the token again.
+func TestCacheForgetDropsThePlaintext(t *testing.T) {
+	pool := testPool(t)
+	ctx := testCtx(t)
+	cc := &countingCipher{Cipher: newTestLocal(t)}
+	s := NewStore(pool, cc, zerolog.Nop(), nil)
+	items := seed(t, pool, s, 2, "forget")
+	c := NewCache(s, CacheOptions{TTL: time.Hour, BatchWindow: -1})
+	for _, it := range items {
+		if _, err := c.Get(ctx, it.BotID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Invalidate(items[1].BotID)
+	c.Forget(items[0].BotID)
+	if n := c.Len(); n != 1 {
+		t.Fatalf("after Forget of one of two tokens the cache holds %d, want 1", n)
+	}
+	if got, err := c.Get(ctx, items[0].BotID); err != nil || !got.Equal(items[0].Token) {
+		t.Fatalf("get after forget: %v", err)
+	}
+	if d := cc.items.Load(); d != 3 {
+		t.Fatalf("decrypted %d times, want 3 (two loads, one after Forget)", d)
+	}
+}
