@@ -185,20 +185,26 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	t.Logf("before release: %d handed off, %d attempts held back", h, b)
 	gate.release()
 
-	deadline := time.Now().Add(8 * time.Minute)
+	// No deadline for the whole backlog (a slow machine is not a failure):
+	// the test fails when answers stop coming.
+	const stall = 3 * time.Minute
+	last, lastAt := -1, time.Now()
 	for {
 		answered, _ := gate.state()
 		if answered >= n {
 			break
+		}
+		if answered != last {
+			last, lastAt = answered, time.Now()
 		}
 		d, err := e.c.DescribeWorkflowExecution(context.Background(), id, "")
 		if err == nil && d.WorkflowExecutionInfo.Status == enumspb.WORKFLOW_EXECUTION_STATUS_TERMINATED {
 			h, _, _ := l.counts()
 			t.Fatalf("the chat workflow was terminated after %d of %d updates were answered (%d handed off): backlog lost", answered, n, h)
 		}
-		if time.Now().After(deadline) {
+		if time.Since(lastAt) > stall {
 			h, b, r := l.counts()
-			t.Fatalf("%d of %d answered (%d handed off, %d held back, %d run limit)", answered, n, h, b, r)
+			t.Fatalf("no answer for %v: %d of %d answered (%d handed off, %d held back, %d run limit)", stall, answered, n, h, b, r)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
