@@ -945,11 +945,3 @@ func (s *Supervisor) listenOnce(ctx context.Context, first bool) error {
 		}
 	}
 }
-
-func leaseShardsInt32(ls []Lease) []int32 {
-	out := make([]int32, len(ls))
-	for i, l := range ls {
-		out[i] = int32(l.Shard)
-	}
-	return out
-}
