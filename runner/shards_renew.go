@@ -54,6 +54,42 @@ SELECT
 	(SELECT count(*) FROM hb),
 	coalesce((SELECT bool_or(draining) FROM hb), false)`
 
+// renewArgs are the parameters of renewSQL, $1 to $10 in order.
+type renewArgs struct {
+	RunnerID    string  // $1
+	Shards      []int32 // $2: the leases held, with Epochs
+	Epochs      []int64 // $3
+	TTLMillis   int64   // $4: lease and heartbeat TTL
+	Draining    bool    // $5
+	Version     string  // $6: runners.version
+	AdminAddr   string  // $7: runners.admin_addr
+	StaleMillis int64   // $8: age at which a dead runner's row is removed
+	Keep        []int32 // $9: shards not to release as orphans (held or still stopping)
+	Incarnation string  // $10
+}
+
+// values lists the arguments in the statement's order.
+func (a renewArgs) values() []any {
+	return []any{a.RunnerID, a.Shards, a.Epochs, a.TTLMillis, a.Draining,
+		a.Version, a.AdminAddr, a.StaleMillis, a.Keep, a.Incarnation}
+}
+
+// renewResult is the one row renewSQL returns.
+type renewResult struct {
+	Renewed    []int32  // the held leases that were renewed; the others are lost
+	Orphans    int      // leases Postgres held for this id that this process did not: released
+	Peers      int      // live, non-draining peers
+	NextExpiry *float64 // seconds until a peer's lease or heartbeat expires (nil: none)
+	Gone       int      // long-dead runners removed
+	Me         int      // 1 if the heartbeat was taken; 0: the id is another live process's
+	DBDraining bool     // runners.draining is set for this replica
+}
+
+// dest lists the scan targets in the statement's column order.
+func (r *renewResult) dest() []any {
+	return []any{&r.Renewed, &r.Orphans, &r.Peers, &r.NextExpiry, &r.Gone, &r.Me, &r.DBDraining}
+}
+
 // tick is one heartbeat-renew-rebalance round. joined is when the replica
 // first heartbeated (zero before that).
 func (s *Shards) tick(ctx context.Context, joined time.Time) error {
@@ -77,23 +113,17 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 		shards[i], epochs[i] = int32(l.Shard), l.Epoch
 	}
 	keep = append(keep, shards...)
-	var (
-		renewed  []int32
-		orphans  int
-		peers    int
-		nextExp  *float64
-		gone     int
-		me       int
-		dbDrain  bool
-		ttlMilli = s.cfg.TTL.Milliseconds()
-	)
+	args := renewArgs{
+		RunnerID: s.cfg.RunnerID, Shards: shards, Epochs: epochs, TTLMillis: s.cfg.TTL.Milliseconds(),
+		Draining: draining, Version: s.cfg.Version, AdminAddr: s.cfg.AdminAddr,
+		StaleMillis: staleRunnerAge.Milliseconds(), Keep: keep, Incarnation: s.incarnation,
+	}
+	var res renewResult
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.TTL/3)
 	sent := time.Now()
-	err := s.cfg.Pool.QueryRow(rctx, renewSQL, s.cfg.RunnerID, shards, epochs, ttlMilli, draining,
-		s.cfg.Version, s.cfg.AdminAddr, staleRunnerAge.Milliseconds(), keep, s.incarnation).
-		Scan(&renewed, &orphans, &peers, &nextExp, &gone, &me, &dbDrain)
+	err := s.cfg.Pool.QueryRow(rctx, renewSQL, args.values()...).Scan(res.dest()...)
 	cancel()
-	if err == nil && me == 0 {
+	if err == nil && res.Me == 0 {
 		err = fmt.Errorf("%w: runner id %q is in use by another live process; this one takes no shards until that one stops heartbeating", ErrDuplicateRunner, s.cfg.RunnerID)
 	}
 	s.cfg.Metrics.renewed(time.Since(sent), err)
@@ -110,7 +140,7 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 		return err
 	}
 
-	if dbDrain && !draining {
+	if res.DBDraining && !draining {
 		// An operator asked for a drain (admin API, drain-runner).
 		s.log.Info().Msg("draining on request (runners.draining set): releasing every shard")
 		s.mu.Lock()
@@ -118,8 +148,8 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 		s.mu.Unlock()
 		draining = true
 	}
-	ok := make(map[int]bool, len(renewed))
-	for _, sh := range renewed {
+	ok := make(map[int]bool, len(res.Renewed))
+	for _, sh := range res.Renewed {
 		ok[int(sh)] = true
 	}
 	var lost []Lease
@@ -143,28 +173,28 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 	}
 	s.markStoppingLocked(lost, 1) // with the delete, as in fenceExpired
 	s.ready = true
-	s.peers = peers
+	s.peers = res.Peers
 	s.nextWake = time.Time{}
-	if nextExp != nil {
+	if res.NextExpiry != nil {
 		// A peer's lease runs out then; if the peer is dead, take it over at once.
-		s.nextWake = time.Now().Add(time.Duration(*nextExp*float64(time.Second)) + 50*time.Millisecond)
+		s.nextWake = time.Now().Add(time.Duration(*res.NextExpiry*float64(time.Second)) + 50*time.Millisecond)
 	}
 	n := s.n
 	nHeld := len(s.held)
 	s.mu.Unlock()
 	s.pokeWatchdog()
 	s.cfg.Metrics.setLeases(nHeld)
-	live := peers
+	live := res.Peers
 	if !draining {
 		live++
 	}
 	s.cfg.Metrics.setLive(live)
-	if orphans > 0 {
-		s.log.Info().Int("shards", orphans).Msg("released leases Postgres held for this runner id but this process did not")
+	if res.Orphans > 0 {
+		s.log.Info().Int("shards", res.Orphans).Msg("released leases Postgres held for this runner id but this process did not")
 		s.notify(ctx, "released")
 	}
-	if gone > 0 {
-		s.log.Info().Int("runners", gone).Msg("removed long-dead runners")
+	if res.Gone > 0 {
+		s.log.Info().Int("runners", res.Gone).Msg("removed long-dead runners")
 	}
 	if len(lost) > 0 {
 		s.cfg.Metrics.lost(LossStolen, len(lost))
