@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strings"
 	"time"
 
@@ -64,16 +63,6 @@ var (
 	ErrBotMismatch     = errors.New("token belongs to another bot")
 	ErrInvalidArgument = errors.New("invalid argument")
 )
-
-// ShardOf is the shard of a bot: FNV-1a (32-bit) of the bot id, mod n.
-func ShardOf(botID string, n int) int {
-	if n <= 0 {
-		return 0
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(botID))
-	return int(h.Sum32() % uint32(n))
-}
 
 // Bot is one managed bot as the registry shows it (never its token).
 type Bot struct {

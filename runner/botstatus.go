@@ -167,19 +167,3 @@ func (s *Supervisor) flushStatus(ctx context.Context) {
 // BotStatus is this replica's in-memory view of bot id's session, if it ran
 // one since its shard was claimed.
 func (s *Supervisor) BotStatus(id string) (BotLiveStatus, bool) { return s.status.get(id) }
-
-// RunnerID is this replica's id.
-func (s *Supervisor) RunnerID() string { return s.cfg.RunnerID }
-
-// Reconnect makes the session of bot id drop its socket and dial again, if
-// this replica runs it.
-func (s *Supervisor) Reconnect(id string) bool {
-	s.mu.Lock()
-	b := s.bots[id]
-	s.mu.Unlock()
-	if b == nil {
-		return false
-	}
-	b.sess.Reconnect()
-	return true
-}
