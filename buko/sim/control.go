@@ -7,38 +7,39 @@ import (
 	"unicode/utf8"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/httpapi"
 )
 
 // controlMux routes the control API (ARCHITECTURE.md §4, plus the reads the
 // web page needs). Answers are bare JSON; errors use the Bot API envelope.
 func (s *Server) controlMux() *http.ServeMux {
 	m := http.NewServeMux()
-	m.HandleFunc("POST /sim/bots", s.ctlCreateBot)
-	m.HandleFunc("GET /sim/bots", s.ctlListBots)
-	m.HandleFunc("GET /sim/bots/{bot_id}", s.ctlGetBot)
-	m.HandleFunc("PATCH /sim/bots/{bot_id}", s.ctlPatchBot)
-	m.HandleFunc("POST /sim/bots/{bot_id}/rotate-token", s.ctlRotateToken)
-	m.HandleFunc("POST /sim/bots/{bot_id}/raw-updates", s.ctlRawUpdate)
-	m.HandleFunc("POST /sim/users", s.ctlCreateUser)
-	m.HandleFunc("GET /sim/users", s.ctlListUsers)
-	m.HandleFunc("POST /sim/chats/private", s.ctlStartPrivate)
-	m.HandleFunc("POST /sim/chats/group", s.ctlCreateGroup)
-	m.HandleFunc("GET /sim/chats", s.ctlListChats)
-	m.HandleFunc("GET /sim/chats/{chat_id}", s.ctlGetChat)
-	m.HandleFunc("POST /sim/chats/{chat_id}/messages", s.ctlPostMessage)
-	m.HandleFunc("GET /sim/chats/{chat_id}/messages", s.ctlTranscript)
-	m.HandleFunc("PATCH /sim/chats/{chat_id}/messages/{message_id}", s.ctlEditMessage)
-	m.HandleFunc("POST /sim/chats/{chat_id}/block", s.ctlBlock)
-	m.HandleFunc("POST /sim/chats/{chat_id}/stop", s.ctlStop)
-	m.HandleFunc("POST /sim/chats/{chat_id}/members", s.ctlAddMember)
-	m.HandleFunc("DELETE /sim/chats/{chat_id}/members/{member_id}", s.ctlRemoveMember)
-	m.HandleFunc("GET /sim/media/{chat_id}/{file}", s.ctlMedia)
-	m.HandleFunc("GET /sim/stats", s.ctlStats)
-	m.HandleFunc("GET /sim/chaos", s.ctlGetChaos)
-	m.HandleFunc("PUT /sim/chaos", s.ctlPutChaos)
-	m.HandleFunc("/sim/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errNotFound("no control endpoint %s %s", r.Method, sanitize(r.URL.Path, 100)))
-	})
+	m.HandleFunc("POST /sim/bots", s.control.Func(s.ctlCreateBot))
+	m.HandleFunc("GET /sim/bots", s.control.Func(s.ctlListBots))
+	m.HandleFunc("GET /sim/bots/{bot_id}", s.control.Func(s.ctlGetBot))
+	m.HandleFunc("PATCH /sim/bots/{bot_id}", s.control.Func(s.ctlPatchBot))
+	m.HandleFunc("POST /sim/bots/{bot_id}/rotate-token", s.control.Func(s.ctlRotateToken))
+	m.HandleFunc("POST /sim/bots/{bot_id}/raw-updates", s.control.Func(s.ctlRawUpdate))
+	m.HandleFunc("POST /sim/users", s.control.Func(s.ctlCreateUser))
+	m.HandleFunc("GET /sim/users", s.control.Func(s.ctlListUsers))
+	m.HandleFunc("POST /sim/chats/private", s.control.Func(s.ctlStartPrivate))
+	m.HandleFunc("POST /sim/chats/group", s.control.Func(s.ctlCreateGroup))
+	m.HandleFunc("GET /sim/chats", s.control.Func(s.ctlListChats))
+	m.HandleFunc("GET /sim/chats/{chat_id}", s.control.Func(s.ctlGetChat))
+	m.HandleFunc("POST /sim/chats/{chat_id}/messages", s.control.Func(s.ctlPostMessage))
+	m.HandleFunc("GET /sim/chats/{chat_id}/messages", s.control.Func(s.ctlTranscript))
+	m.HandleFunc("PATCH /sim/chats/{chat_id}/messages/{message_id}", s.control.Func(s.ctlEditMessage))
+	m.HandleFunc("POST /sim/chats/{chat_id}/block", s.control.Func(s.ctlBlock))
+	m.HandleFunc("POST /sim/chats/{chat_id}/stop", s.control.Func(s.ctlStop))
+	m.HandleFunc("POST /sim/chats/{chat_id}/members", s.control.Func(s.ctlAddMember))
+	m.HandleFunc("DELETE /sim/chats/{chat_id}/members/{member_id}", s.control.Func(s.ctlRemoveMember))
+	m.HandleFunc("GET /sim/media/{chat_id}/{file}", s.control.Func(s.ctlMedia))
+	m.HandleFunc("GET /sim/stats", s.control.Func(s.ctlStats))
+	m.HandleFunc("GET /sim/chaos", s.control.Func(s.ctlGetChaos))
+	m.HandleFunc("PUT /sim/chaos", s.control.Func(s.ctlPutChaos))
+	m.HandleFunc("/sim/", s.control.Func(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return nil, errNotFound("no control endpoint %s %s", r.Method, sanitize(r.URL.Path, 100))
+	}))
 	return m
 }
 
@@ -125,20 +126,17 @@ type CreatedBot struct {
 	Token string `json:"token"`
 }
 
-func (s *Server) ctlCreateBot(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlCreateBot(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req botReq
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	p := profile{tier: TierOfficial, official: true, connLimit: 1, policy: PolicyRejectNew}
 	if aerr := req.apply(&p); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if req.Handle != "" && !handleRE.MatchString(req.Handle) {
-		writeError(w, errBadRequest("handle must be 3 to 32 of [A-Za-z0-9_], starting with a letter"))
-		return
+		return nil, errBadRequest("handle must be 3 to 32 of [A-Za-z0-9_], starting with a letter")
 	}
 	tok, sum := newToken()
 	s.mu.Lock()
@@ -152,8 +150,7 @@ func (s *Server) ctlCreateBot(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.state.handles[lower(handle)] != "" {
 		s.mu.Unlock()
-		writeError(w, errConflict("handle @%s is taken", handle))
-		return
+		return nil, errConflict("handle @%s is taken", handle)
 	}
 	if p.displayName == "" {
 		p.displayName = handle
@@ -167,73 +164,67 @@ func (s *Server) ctlCreateBot(w http.ResponseWriter, r *http.Request) {
 	out := CreatedBot{BotView: botViewLocked(b), Token: tok}
 	s.mu.Unlock()
 	s.log.Debug().Str("bot_id", b.id).Msg("sim: bot created")
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
-func (s *Server) ctlListBots(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlListBots(w http.ResponseWriter, r *http.Request) (any, error) {
 	s.mu.RLock()
 	out := make([]BotView, 0, len(s.state.botList))
 	for _, b := range s.state.botList {
 		out = append(out, botViewLocked(b))
 	}
 	s.mu.RUnlock()
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
-func (s *Server) ctlGetBot(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlGetBot(w http.ResponseWriter, r *http.Request) (any, error) {
 	s.mu.RLock()
 	b := s.state.bots[r.PathValue("bot_id")]
 	if b == nil {
 		s.mu.RUnlock()
-		writeError(w, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40)))
-		return
+		return nil, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40))
 	}
 	v := botViewLocked(b)
 	s.mu.RUnlock()
-	writeJSON(w, http.StatusOK, v)
+	return v, nil
 }
 
 // ctlPatchBot changes a bot's settings. A lower connection limit applies to
 // new connections only; open sockets stay.
-func (s *Server) ctlPatchBot(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlPatchBot(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req botReq
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if req.Handle != "" {
-		writeError(w, errBadRequest("a bot's handle cannot change"))
-		return
+		return nil, errBadRequest("a bot's handle cannot change")
 	}
 	s.mu.Lock()
 	b := s.state.bots[r.PathValue("bot_id")]
 	if b == nil {
 		s.mu.Unlock()
-		writeError(w, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40)))
-		return
+		return nil, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40))
 	}
 	p := b.prof
 	if aerr := req.apply(&p); aerr != nil {
 		s.mu.Unlock()
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	b.prof = p
 	v := botViewLocked(b)
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, v)
+	return v, nil
 }
 
 // ctlRotateToken issues a new token: the old one fails at once, and open
 // Gateway sockets are closed with 4001.
-func (s *Server) ctlRotateToken(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlRotateToken(w http.ResponseWriter, r *http.Request) (any, error) {
 	tok, sum := newToken()
 	s.mu.Lock()
 	b := s.state.bots[r.PathValue("bot_id")]
 	if b == nil {
 		s.mu.Unlock()
-		writeError(w, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40)))
-		return
+		return nil, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40))
 	}
 	delete(s.state.byToken, b.tokenHash)
 	b.tokenHash = sum
@@ -245,7 +236,7 @@ func (s *Server) ctlRotateToken(w http.ResponseWriter, r *http.Request) {
 	b.mu.Unlock()
 	s.mu.Unlock()
 	s.log.Info().Str("bot_id", b.id).Msg("sim: bot token rotated")
-	writeJSON(w, http.StatusOK, map[string]string{"token": tok})
+	return map[string]string{"token": tok}, nil
 }
 
 // ---- users ----
@@ -257,31 +248,27 @@ type UserView struct {
 	Handle      string `json:"handle,omitempty"`
 }
 
-func (s *Server) ctlCreateUser(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlCreateUser(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req struct {
 		DisplayName string `json:"display_name"`
 		Handle      string `json:"handle"`
 	}
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if req.DisplayName == "" {
 		req.DisplayName = req.Handle
 	}
 	if n := utf8.RuneCountInString(req.DisplayName); n < 1 || n > 64 || !utf8.ValidString(req.DisplayName) {
-		writeError(w, errBadRequest("display_name must have 1 to 64 characters"))
-		return
+		return nil, errBadRequest("display_name must have 1 to 64 characters")
 	}
 	if req.Handle != "" && !handleRE.MatchString(req.Handle) {
-		writeError(w, errBadRequest("handle must be 3 to 32 of [A-Za-z0-9_], starting with a letter"))
-		return
+		return nil, errBadRequest("handle must be 3 to 32 of [A-Za-z0-9_], starting with a letter")
 	}
 	s.mu.Lock()
 	if req.Handle != "" && s.state.handles[lower(req.Handle)] != "" {
 		s.mu.Unlock()
-		writeError(w, errConflict("handle @%s is taken", req.Handle))
-		return
+		return nil, errConflict("handle @%s is taken", req.Handle)
 	}
 	u := &user{id: s.state.newID("usr_"), displayName: req.DisplayName, handle: req.Handle}
 	s.state.users[u.id] = u
@@ -290,17 +277,17 @@ func (s *Server) ctlCreateUser(w http.ResponseWriter, r *http.Request) {
 		s.state.handles[lower(u.handle)] = u.id
 	}
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, UserView{UserID: u.id, DisplayName: u.displayName, Handle: u.handle})
+	return UserView{UserID: u.id, DisplayName: u.displayName, Handle: u.handle}, nil
 }
 
-func (s *Server) ctlListUsers(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlListUsers(w http.ResponseWriter, r *http.Request) (any, error) {
 	s.mu.RLock()
 	out := make([]UserView, 0, len(s.state.userList))
 	for _, u := range s.state.userList {
 		out = append(out, UserView{UserID: u.id, DisplayName: u.displayName, Handle: u.handle})
 	}
 	s.mu.RUnlock()
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
 // ---- chats ----
@@ -407,26 +394,23 @@ func (s *Server) postUserMessageLocked(c *chat, u *user, text string, reply *mes
 // ctlStartPrivate is the /start flow: it creates (or reopens) the private
 // chat of the user and the bot, sends my_chat_member (→ member) if the bot
 // was not a member, then posts a visible /start message from the user.
-func (s *Server) ctlStartPrivate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlStartPrivate(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req struct {
 		UserID string `json:"user_id"`
 		BotID  string `json:"bot_id"`
 	}
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u, aerr := s.lookupUserLocked(req.UserID, true)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	b, aerr := s.lookupBotLocked(req.BotID)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	key := [2]string{u.id, b.id}
 	c := s.state.private[key]
@@ -441,28 +425,25 @@ func (s *Server) ctlStartPrivate(w http.ResponseWriter, r *http.Request) {
 		s.memberChangeLocked(b, c, u, old, buko.MemberMember)
 	}
 	m := s.postUserMessageLocked(c, u, "/start", nil)
-	writeJSON(w, http.StatusOK, map[string]string{"chat_id": c.id, "message_id": m.id})
+	return map[string]string{"chat_id": c.id, "message_id": m.id}, nil
 }
 
 // ctlCreateGroup creates a group; every bot in it gets my_chat_member
 // (left → member) from the first user.
-func (s *Server) ctlCreateGroup(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlCreateGroup(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req struct {
 		Title   string   `json:"title"`
 		UserIDs []string `json:"user_ids"`
 		BotIDs  []string `json:"bot_ids"`
 	}
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if n := utf8.RuneCountInString(req.Title); n < 1 || n > 128 || strings.TrimSpace(req.Title) == "" {
-		writeError(w, errBadRequest("title must have 1 to 128 characters"))
-		return
+		return nil, errBadRequest("title must have 1 to 128 characters")
 	}
 	if len(req.UserIDs) == 0 {
-		writeError(w, errBadRequest("user_ids must name at least one user (the first one creates the group)"))
-		return
+		return nil, errBadRequest("user_ids must name at least one user (the first one creates the group)")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -471,8 +452,7 @@ func (s *Server) ctlCreateGroup(w http.ResponseWriter, r *http.Request) {
 	for _, id := range req.UserIDs {
 		u, aerr := s.lookupUserLocked(id, true)
 		if aerr != nil {
-			writeError(w, aerr)
-			return
+			return nil, aerr
 		}
 		if !containsUser(users, u) {
 			users = append(users, u)
@@ -481,8 +461,7 @@ func (s *Server) ctlCreateGroup(w http.ResponseWriter, r *http.Request) {
 	for _, id := range req.BotIDs {
 		b, aerr := s.lookupBotLocked(id)
 		if aerr != nil {
-			writeError(w, aerr)
-			return
+			return nil, aerr
 		}
 		if !containsBot(bots, b) {
 			bots = append(bots, b)
@@ -493,7 +472,7 @@ func (s *Server) ctlCreateGroup(w http.ResponseWriter, r *http.Request) {
 	for _, b := range bots {
 		s.memberChangeLocked(b, c, users[0], buko.MemberLeft, buko.MemberMember)
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"chat_id": c.id})
+	return map[string]string{"chat_id": c.id}, nil
 }
 
 func containsUser(list []*user, u *user) bool {
@@ -514,20 +493,18 @@ func containsBot(list []*bot, b *bot) bool {
 	return false
 }
 
-func (s *Server) ctlListChats(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlListChats(w http.ResponseWriter, r *http.Request) (any, error) {
 	userID, botID := r.URL.Query().Get("user_id"), r.URL.Query().Get("bot_id")
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	u, aerr := s.lookupUserLocked(userID, false)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	var b *bot
 	if botID != "" {
 		if b, aerr = s.lookupBotLocked(botID); aerr != nil {
-			writeError(w, aerr)
-			return
+			return nil, aerr
 		}
 	}
 	out := []ChatView{}
@@ -537,109 +514,94 @@ func (s *Server) ctlListChats(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, s.chatViewLocked(c))
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
-func (s *Server) ctlGetChat(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlGetChat(w http.ResponseWriter, r *http.Request) (any, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	c, aerr := s.lookupChatLocked(r.PathValue("chat_id"))
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
-	writeJSON(w, http.StatusOK, s.chatViewLocked(c))
+	return s.chatViewLocked(c), nil
 }
 
 // ctlPostMessage posts a user's message: into a private chat the bot has
 // been started in, or a group the user belongs to.
-func (s *Server) ctlPostMessage(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlPostMessage(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req struct {
 		UserID           string `json:"user_id"`
 		Text             string `json:"text"`
 		ReplyToMessageID string `json:"reply_to_message_id"`
 	}
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if aerr := checkText("text", req.Text, true); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, aerr := s.lookupChatLocked(r.PathValue("chat_id"))
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	u, aerr := s.lookupUserLocked(req.UserID, true)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if !c.hasUser(u) {
-		writeError(w, errForbidden("NOT_A_MEMBER", "the user is not in this chat"))
-		return
+		return nil, errForbidden("NOT_A_MEMBER", "the user is not in this chat")
 	}
 	if c.typ == buko.ChatPrivate && c.status != buko.MemberMember {
-		writeError(w, errConflict("the user has %s the bot; start it again (POST /sim/chats/private) first", map[string]string{buko.MemberKicked: "blocked", buko.MemberLeft: "stopped"}[c.status]))
-		return
+		return nil, errConflict("the user has %s the bot; start it again (POST /sim/chats/private) first", map[string]string{buko.MemberKicked: "blocked", buko.MemberLeft: "stopped"}[c.status])
 	}
 	reply, aerr := replyTargetLocked(c, req.ReplyToMessageID)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	m := s.postUserMessageLocked(c, u, req.Text, reply)
-	writeJSON(w, http.StatusOK, map[string]string{"message_id": m.id})
+	return map[string]string{"message_id": m.id}, nil
 }
 
 // ctlEditMessage is a human edit: the bots that saw the message (and any the
 // new text addresses) get edited_message with edit_date.
-func (s *Server) ctlEditMessage(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlEditMessage(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req struct {
 		UserID string `json:"user_id"`
 		Text   string `json:"text"`
 	}
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if aerr := checkText("text", req.Text, true); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, aerr := s.lookupChatLocked(r.PathValue("chat_id"))
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	m := c.message(r.PathValue("message_id"))
 	if m == nil {
-		writeError(w, errNotFound("no message %q in this chat", sanitize(r.PathValue("message_id"), 30)))
-		return
+		return nil, errNotFound("no message %q in this chat", sanitize(r.PathValue("message_id"), 30))
 	}
 	if m.user == nil {
-		writeError(w, errForbidden("NOT_AUTHOR", "only a user's own messages can be edited here; bots edit with editMessageText"))
-		return
+		return nil, errForbidden("NOT_AUTHOR", "only a user's own messages can be edited here; bots edit with editMessageText")
 	}
 	if req.UserID != "" && req.UserID != m.user.id {
-		writeError(w, errForbidden("NOT_AUTHOR", "the message was written by another user"))
-		return
+		return nil, errForbidden("NOT_AUTHOR", "the message was written by another user")
 	}
 	if m.text == "" {
-		writeError(w, errBadRequest("the message has no text"))
-		return
+		return nil, errBadRequest("the message has no text")
 	}
 	m.text = req.Text
 	m.entities, m.targets = parseEntities(req.Text)
 	m.editDate = s.now().Unix()
 	s.deliverEditLocked(c, m)
-	writeJSON(w, http.StatusOK, map[string]any{"message_id": m.id, "edit_date": m.editDate})
+	return map[string]any{"message_id": m.id, "edit_date": m.editDate}, nil
 }
 
 // TranscriptMessage is one message of GET /sim/chats/{chat_id}/messages.
@@ -660,13 +622,12 @@ type TranscriptMessage struct {
 
 // ctlTranscript lists a chat's messages oldest first, without deleted ones;
 // ?after=<message_id> lists only newer ones.
-func (s *Server) ctlTranscript(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlTranscript(w http.ResponseWriter, r *http.Request) (any, error) {
 	var after uint64
 	if a := r.URL.Query().Get("after"); a != "" {
 		v, err := strconv.ParseUint(a, 10, 64)
 		if err != nil {
-			writeError(w, errBadRequest("after must be a message_id"))
-			return
+			return nil, errBadRequest("after must be a message_id")
 		}
 		after = v
 	}
@@ -674,8 +635,7 @@ func (s *Server) ctlTranscript(w http.ResponseWriter, r *http.Request) {
 	defer s.mu.RUnlock()
 	c, aerr := s.lookupChatLocked(r.PathValue("chat_id"))
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	out := []TranscriptMessage{}
 	for i := min(after, uint64(len(c.msgs))); i < uint64(len(c.msgs)); i++ {
@@ -695,7 +655,7 @@ func (s *Server) ctlTranscript(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, t)
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
 // privateOfUserLocked resolves a private chat and checks the user is its user.
@@ -719,30 +679,28 @@ func (s *Server) privateOfUserLocked(r *http.Request, userID string) (*chat, *us
 
 // ctlBlock: the user blocks the bot (my_chat_member → kicked); the bot then
 // gets BOT_BLOCKED. Starting the bot again unblocks it.
-func (s *Server) ctlBlock(w http.ResponseWriter, r *http.Request) {
-	s.setPrivateStatus(w, r, buko.MemberKicked)
+func (s *Server) ctlBlock(w http.ResponseWriter, r *http.Request) (any, error) {
+	return s.setPrivateStatus(w, r, buko.MemberKicked)
 }
 
 // ctlStop: the user stops the bot without blocking it (my_chat_member →
 // left); the bot then gets CHAT_FORBIDDEN until the user starts it again.
-func (s *Server) ctlStop(w http.ResponseWriter, r *http.Request) {
-	s.setPrivateStatus(w, r, buko.MemberLeft)
+func (s *Server) ctlStop(w http.ResponseWriter, r *http.Request) (any, error) {
+	return s.setPrivateStatus(w, r, buko.MemberLeft)
 }
 
-func (s *Server) setPrivateStatus(w http.ResponseWriter, r *http.Request, status string) {
+func (s *Server) setPrivateStatus(w http.ResponseWriter, r *http.Request, status string) (any, error) {
 	var req struct {
 		UserID string `json:"user_id"`
 	}
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, u, aerr := s.privateOfUserLocked(r, req.UserID)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if c.status != status {
 		old := c.status
@@ -751,37 +709,33 @@ func (s *Server) setPrivateStatus(w http.ResponseWriter, r *http.Request, status
 			s.memberChangeLocked(c.bot, c, u, old, status)
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"chat_id": c.id, "status": status})
+	return map[string]string{"chat_id": c.id, "status": status}, nil
 }
 
 // ctlAddMember adds a user or a bot to a group; a bot gets my_chat_member
 // (left → member) from by_user_id, or the group's first user.
-func (s *Server) ctlAddMember(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlAddMember(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req struct {
 		UserID   string `json:"user_id"`
 		BotID    string `json:"bot_id"`
 		ByUserID string `json:"by_user_id"`
 	}
 	if aerr := readJSON(w, r, false, &req); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if (req.UserID == "") == (req.BotID == "") {
-		writeError(w, errBadRequest("give exactly one of user_id and bot_id"))
-		return
+		return nil, errBadRequest("give exactly one of user_id and bot_id")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, by, aerr := s.groupAndActorLocked(r, req.ByUserID)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if req.UserID != "" {
 		u, aerr := s.lookupUserLocked(req.UserID, true)
 		if aerr != nil {
-			writeError(w, aerr)
-			return
+			return nil, aerr
 		}
 		if !c.hasUser(u) {
 			c.users = append(c.users, u)
@@ -789,26 +743,24 @@ func (s *Server) ctlAddMember(w http.ResponseWriter, r *http.Request) {
 	} else {
 		b, aerr := s.lookupBotLocked(req.BotID)
 		if aerr != nil {
-			writeError(w, aerr)
-			return
+			return nil, aerr
 		}
 		if !c.hasBot(b) {
 			c.bots = append(c.bots, b)
 			s.memberChangeLocked(b, c, by, buko.MemberLeft, buko.MemberMember)
 		}
 	}
-	writeJSON(w, http.StatusOK, s.chatViewLocked(c))
+	return s.chatViewLocked(c), nil
 }
 
 // ctlRemoveMember removes a user or a bot from a group; a bot gets
 // my_chat_member (member → left) from ?by_user_id=, or the group's first user.
-func (s *Server) ctlRemoveMember(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlRemoveMember(w http.ResponseWriter, r *http.Request) (any, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, by, aerr := s.groupAndActorLocked(r, r.URL.Query().Get("by_user_id"))
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	id := r.PathValue("member_id")
 	if b := s.state.bots[id]; b != nil {
@@ -819,10 +771,9 @@ func (s *Server) ctlRemoveMember(w http.ResponseWriter, r *http.Request) {
 	} else if u := s.state.users[id]; u != nil {
 		c.users = removeUser(c.users, u)
 	} else {
-		writeError(w, errNotFound("no user or bot %q", sanitize(id, 40)))
-		return
+		return nil, errNotFound("no user or bot %q", sanitize(id, 40))
 	}
-	writeJSON(w, http.StatusOK, s.chatViewLocked(c))
+	return s.chatViewLocked(c), nil
 }
 
 func (s *Server) groupAndActorLocked(r *http.Request, byUserID string) (*chat, *user, *apiError) {
@@ -844,14 +795,13 @@ func (s *Server) groupAndActorLocked(r *http.Request, byUserID string) (*chat, *
 }
 
 // ctlMedia serves an uploaded file by its file_id (media/<chat>/<id>).
-func (s *Server) ctlMedia(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlMedia(w http.ResponseWriter, r *http.Request) (any, error) {
 	id := "media/" + r.PathValue("chat_id") + "/" + r.PathValue("file")
 	s.mu.RLock()
 	f := s.state.files[id]
 	s.mu.RUnlock()
 	if f == nil {
-		writeError(w, errNotFound("no file %q", sanitize(id, 80)))
-		return
+		return nil, errNotFound("no file %q", sanitize(id, 80))
 	}
 	h := w.Header()
 	h.Set("Content-Type", f.mime)
@@ -859,33 +809,32 @@ func (s *Server) ctlMedia(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Disposition", "attachment")
 	h.Set("Content-Length", strconv.Itoa(len(f.data)))
 	_, _ = w.Write(f.data)
+	return httpapi.Written, nil
 }
 
 // ---- stats and chaos ----
 
-func (s *Server) ctlStats(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlStats(w http.ResponseWriter, r *http.Request) (any, error) {
 	st := s.stats.snapshot()
 	s.mu.RLock()
 	st.Bots, st.Users, st.Chats = len(s.state.bots), len(s.state.users), len(s.state.chats)
 	s.mu.RUnlock()
-	writeJSON(w, http.StatusOK, st)
+	return st, nil
 }
 
-func (s *Server) ctlGetChaos(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.chaos.get())
+func (s *Server) ctlGetChaos(w http.ResponseWriter, r *http.Request) (any, error) {
+	return s.chaos.get(), nil
 }
 
-func (s *Server) ctlPutChaos(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlPutChaos(w http.ResponseWriter, r *http.Request) (any, error) {
 	var cfg ChaosConfig
 	if aerr := readJSON(w, r, false, &cfg); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	if aerr := cfg.validate(); aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	s.chaos.set(cfg)
 	s.log.Info().Uint64("seed", cfg.Seed).Msg("sim: chaos configured")
-	writeJSON(w, http.StatusOK, cfg)
+	return cfg, nil
 }
