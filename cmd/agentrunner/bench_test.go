@@ -319,9 +319,9 @@ func TestBenchBadInput(t *testing.T) {
 			if err == nil || isUsage(err) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("want an error containing %q, got %v", tc.want, err)
 			}
-			var ce *simCallError
+			var ce *sim.ControlError
 			if tc.name == "not a simulator" && !errors.As(err, &ce) {
-				t.Fatalf("want a *simCallError, got %T", err)
+				t.Fatalf("want a *sim.ControlError, got %T", err)
 			}
 		})
 	}
