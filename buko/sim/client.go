@@ -366,18 +366,22 @@ func (c *Control) Say(ctx context.Context, chatID, userID, text string) (string,
 	return c.PostMessage(ctx, chatID, Post{UserID: userID, Text: text})
 }
 
-// EditMessage is a user's edit of their message; it returns the edit date
-// (Unix seconds). An empty userID skips the author check.
-func (c *Control) EditMessage(ctx context.Context, chatID, messageID, userID, text string) (int64, error) {
-	var out struct {
-		EditDate int64 `json:"edit_date"`
-	}
+// EditedMessage is the answer of EditMessage.
+type EditedMessage struct {
+	MessageID string `json:"message_id"`
+	EditDate  int64  `json:"edit_date"` // Unix seconds
+}
+
+// EditMessage is a user's edit of their message. An empty userID skips the
+// author check.
+func (c *Control) EditMessage(ctx context.Context, chatID, messageID, userID, text string) (EditedMessage, error) {
+	var out EditedMessage
 	in := map[string]string{"text": text}
 	if userID != "" {
 		in["user_id"] = userID
 	}
 	err := c.Do(ctx, http.MethodPatch, "/sim/chats/"+url.PathEscape(chatID)+"/messages/"+url.PathEscape(messageID), in, &out)
-	return out.EditDate, err
+	return out, err
 }
 
 // Transcript lists a chat's messages oldest first, without deleted ones;

@@ -14,7 +14,7 @@ import (
 
 func TestWireFormatIsPinned(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok := e.bot(map[string]any{"tier": "free"})
+	_, tok := e.bot(sim.BotSettings{Tier: "free"})
 	get := func(method, path, auth, body string) (*http.Response, string) {
 		t.Helper()
 		req, err := http.NewRequest(method, e.srv.URL+path, strings.NewReader(body))
