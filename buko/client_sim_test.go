@@ -250,14 +250,9 @@ func TestClientAgainstSimulator(t *testing.T) {
 			t.Fatalf("sendDocument = %+v", m)
 		}
 		// The stored bytes are the uploaded ones.
-		resp, err := env.srv.Client().Get(env.srv.URL + "/sim/" + m.Document.FileID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !bytes.Equal(got, doc) {
-			t.Fatalf("stored document: HTTP %d, %q", resp.StatusCode, got)
+		got, _, err := env.sc.Media(ctx, m.Document.FileID)
+		if err != nil || !bytes.Equal(got, doc) {
+			t.Fatalf("stored document: %v, %q", err, got)
 		}
 		// Over-long caption: the server's BAD_REQUEST comes through the multipart path.
 		_, err = c.SendDocument(ctx, official.cred(), buko.SendMediaParams{ChatID: chatID, Caption: strings.Repeat("é", buko.MaxTextLen+1), Data: doc})

@@ -396,6 +396,37 @@ func (c *Control) Transcript(ctx context.Context, chatID, after string) ([]Trans
 	return out, err
 }
 
+// Media reads the bytes and the declared MIME type of an uploaded file by
+// its file_id ("media/<chat>/<id>").
+func (c *Control) Media(ctx context.Context, fileID string) ([]byte, string, error) {
+	name := "GET /sim/media"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/sim/"+fileID, nil)
+	if err != nil {
+		return nil, "", fmt.Errorf("simulator %s: %w", name, err)
+	}
+	if c.opts.AdminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+c.opts.AdminToken)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, "", fmt.Errorf("simulator %s: %w", name, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, "", fmt.Errorf("simulator %s: reading the answer: %w", name, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		ce := &ControlError{Call: name, Status: resp.StatusCode}
+		var env buko.Envelope
+		if json.Unmarshal(data, &env) == nil {
+			ce.Code, ce.Description = env.Code, printable(env.Description, 200)
+		}
+		return nil, "", ce
+	}
+	return data, resp.Header.Get("Content-Type"), nil
+}
+
 // ---- stats and chaos ----
 
 // Stats reads the simulator's counters.
