@@ -3,11 +3,9 @@ package buko_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -23,6 +21,7 @@ import (
 type simEnv struct {
 	srv *httptest.Server
 	c   *buko.Client
+	sc  *sim.Control // the control API
 }
 
 func newSimEnv(t *testing.T, opts sim.Options) *simEnv {
@@ -33,52 +32,29 @@ func newSimEnv(t *testing.T, opts sim.Options) *simEnv {
 		s.Close() // closes Gateway sockets first, then the listener
 		srv.Close()
 	})
-	return &simEnv{srv: srv, c: buko.NewClient(srv.URL, nil)}
+	return &simEnv{srv: srv, c: buko.NewClient(srv.URL, nil), sc: sim.NewControl(srv.URL, sim.ControlOptions{HTTPClient: srv.Client()})}
 }
 
-// ctl calls the control API and decodes its answer into out (if non-nil).
-func (e *simEnv) ctl(t *testing.T, method, path string, body, out any) {
+// must fails the test on a control-API error.
+func must(t *testing.T, err error) {
 	t.Helper()
-	var rd io.Reader = http.NoBody
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, e.srv.URL+path, rd)
 	if err != nil {
 		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := e.srv.Client().Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, data)
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			t.Fatalf("%s %s: decoding %s: %v", method, path, data, err)
-		}
 	}
 }
 
 type simBot struct {
-	BotID string `json:"bot_id"`
-	Token string `json:"token"`
+	BotID string
+	Token string
 }
 
 func (b simBot) cred() buko.Credential { return cred(b.Token) }
 
-func (e *simEnv) bot(t *testing.T, req map[string]any) simBot {
+func (e *simEnv) bot(t *testing.T, req sim.BotSettings) simBot {
 	t.Helper()
-	var b simBot
-	e.ctl(t, "POST", "/sim/bots", req, &b)
+	cb, err := e.sc.CreateBot(context.Background(), req)
+	must(t, err)
+	b := simBot{BotID: cb.BotID, Token: cb.Token}
 	if b.BotID == "" || !strings.HasPrefix(b.Token, "bot_") {
 		t.Fatalf("created bot = %+v", b.BotID)
 	}
@@ -87,21 +63,16 @@ func (e *simEnv) bot(t *testing.T, req map[string]any) simBot {
 
 func (e *simEnv) user(t *testing.T, name string) string {
 	t.Helper()
-	var u struct {
-		UserID string `json:"user_id"`
-	}
-	e.ctl(t, "POST", "/sim/users", map[string]any{"display_name": name}, &u)
+	u, err := e.sc.CreateUser(context.Background(), name, "")
+	must(t, err)
 	return u.UserID
 }
 
 // start runs the /start flow and returns the chat and the /start message ids.
 func (e *simEnv) start(t *testing.T, userID, botID string) (chatID, messageID string) {
 	t.Helper()
-	var r struct {
-		ChatID    string `json:"chat_id"`
-		MessageID string `json:"message_id"`
-	}
-	e.ctl(t, "POST", "/sim/chats/private", map[string]any{"user_id": userID, "bot_id": botID}, &r)
+	r, err := e.sc.OpenPrivateChat(context.Background(), userID, botID)
+	must(t, err)
 	return r.ChatID, r.MessageID
 }
 
@@ -140,9 +111,9 @@ func TestClientAgainstSimulator(t *testing.T) {
 	ctx := context.Background()
 	c := env.c
 
-	official := env.bot(t, map[string]any{"handle": "helper_bot", "display_name": "Helper"})
-	free := env.bot(t, map[string]any{"handle": "free_bot", "tier": "free", "official": false})
-	other := env.bot(t, map[string]any{"handle": "other_bot"})
+	official := env.bot(t, sim.BotSettings{Handle: "helper_bot", DisplayName: "Helper"})
+	free := env.bot(t, sim.BotSettings{Handle: "free_bot", Tier: "free", Official: new(bool)})
+	other := env.bot(t, sim.BotSettings{Handle: "other_bot"})
 	tokens := []string{official.Token, free.Token, other.Token}
 	alice, bob := env.user(t, "Alice"), env.user(t, "Bob")
 
@@ -209,7 +180,8 @@ func TestClientAgainstSimulator(t *testing.T) {
 			ups, err := c.GetUpdates(ctx, official.cred(), buko.GetUpdatesParams{Offset: offset.Next(), Timeout: buko.MaxPollTimeout})
 			done <- res{ups, err}
 		}()
-		env.ctl(t, "POST", "/sim/chats/"+chatID+"/messages", map[string]any{"user_id": alice, "text": "hello bot"}, nil)
+		_, err = env.sc.Say(ctx, chatID, alice, "hello bot")
+		must(t, err)
 		r := <-done
 		if r.err != nil || len(r.ups) == 0 || r.ups[len(r.ups)-1].Message == nil || r.ups[len(r.ups)-1].Message.Text != "hello bot" {
 			t.Fatalf("long poll: %+v, %v", r.ups, r.err)
@@ -233,13 +205,8 @@ func TestClientAgainstSimulator(t *testing.T) {
 			t.Fatalf("sendMessage = %+v", m)
 		}
 		sentID = m.MessageID
-		var tr []struct {
-			MessageID        string `json:"message_id"`
-			FromKind         string `json:"from_kind"`
-			Text             string `json:"text"`
-			ReplyToMessageID string `json:"reply_to_message_id"`
-		}
-		env.ctl(t, "GET", "/sim/chats/"+chatID+"/messages", nil, &tr)
+		tr, err := env.sc.Transcript(ctx, chatID, "")
+		must(t, err)
 		last := tr[len(tr)-1]
 		if last.MessageID != sentID || last.FromKind != "bot" || last.Text != "Got it." || last.ReplyToMessageID != startID {
 			t.Fatalf("transcript ends with %+v", last)
@@ -283,14 +250,9 @@ func TestClientAgainstSimulator(t *testing.T) {
 			t.Fatalf("sendDocument = %+v", m)
 		}
 		// The stored bytes are the uploaded ones.
-		resp, err := env.srv.Client().Get(env.srv.URL + "/sim/" + m.Document.FileID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !bytes.Equal(got, doc) {
-			t.Fatalf("stored document: HTTP %d, %q", resp.StatusCode, got)
+		got, _, err := env.sc.Media(ctx, m.Document.FileID)
+		if err != nil || !bytes.Equal(got, doc) {
+			t.Fatalf("stored document: %v, %q", err, got)
 		}
 		// Over-long caption: the server's BAD_REQUEST comes through the multipart path.
 		_, err = c.SendDocument(ctx, official.cred(), buko.SendMediaParams{ChatID: chatID, Caption: strings.Repeat("é", buko.MaxTextLen+1), Data: doc})
@@ -305,10 +267,8 @@ func TestClientAgainstSimulator(t *testing.T) {
 		if err := c.DeleteMessage(ctx, official.cred(), chatID, sentID); err != nil {
 			t.Fatal(err)
 		}
-		var tr []struct {
-			MessageID string `json:"message_id"`
-		}
-		env.ctl(t, "GET", "/sim/chats/"+chatID+"/messages", nil, &tr)
+		tr, err := env.sc.Transcript(ctx, chatID, "")
+		must(t, err)
 		for _, m := range tr {
 			if m.MessageID == sentID {
 				t.Fatal("deleted message still in the transcript")
@@ -357,14 +317,12 @@ func TestClientAgainstSimulator(t *testing.T) {
 
 	t.Run("CHAT_FORBIDDEN", func(t *testing.T) {
 		// A group the bot is not in.
-		var g struct {
-			ChatID string `json:"chat_id"`
-		}
-		env.ctl(t, "POST", "/sim/chats/group", map[string]any{"title": "Team", "user_ids": []string{alice, bob}, "bot_ids": []string{other.BotID}}, &g)
-		_, err := c.SendMessage(ctx, official.cred(), buko.SendMessageParams{ChatID: g.ChatID, Text: "hi"})
+		group, err := env.sc.CreateGroup(ctx, "Team", []string{alice, bob}, []string{other.BotID})
+		must(t, err)
+		_, err = c.SendMessage(ctx, official.cred(), buko.SendMessageParams{ChatID: group, Text: "hi"})
 		wantCode(t, err, "sendMessage", 403, buko.CodeChatForbidden, tokens...)
 		// A private chat whose user stopped the bot ("not started" again).
-		env.ctl(t, "POST", "/sim/chats/"+chatID+"/stop", map[string]any{"user_id": alice}, nil)
+		must(t, env.sc.Stop(ctx, chatID, alice))
 		_, err = c.SendMessage(ctx, official.cred(), buko.SendMessageParams{ChatID: chatID, Text: "hi"})
 		e := wantCode(t, err, "sendMessage", 403, buko.CodeChatForbidden, tokens...)
 		if buko.IsRetryable(e) {
@@ -377,7 +335,7 @@ func TestClientAgainstSimulator(t *testing.T) {
 	})
 
 	t.Run("BOT_BLOCKED", func(t *testing.T) {
-		env.ctl(t, "POST", "/sim/chats/"+chatID+"/block", map[string]any{"user_id": alice}, nil)
+		must(t, env.sc.Block(ctx, chatID, alice))
 		_, err := c.SendMessage(ctx, official.cred(), buko.SendMessageParams{ChatID: chatID, Text: "hi"})
 		wantCode(t, err, "sendMessage", 403, buko.CodeBotBlocked, tokens...)
 		_, err = c.SendPhoto(ctx, official.cred(), buko.SendMediaParams{ChatID: chatID, Data: pngBytes})
@@ -427,7 +385,8 @@ func TestClientAgainstSimulator(t *testing.T) {
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		// Something to deliver, left unconfirmed by polling.
-		env.ctl(t, "POST", "/sim/chats/"+chatID+"/messages", map[string]any{"user_id": alice, "text": "over the gateway"}, nil)
+		_, err := env.sc.Say(ctx, chatID, alice, "over the gateway")
+		must(t, err)
 		ws, resp, err := websocket.Dial(dctx, c.GatewayURL(), &websocket.DialOptions{HTTPHeader: buko.AuthHeader(official.cred())})
 		if err != nil {
 			t.Fatalf("gateway dial: %v (resp %v)", err, resp)
@@ -506,19 +465,20 @@ func TestClientAgainstSimulator(t *testing.T) {
 	})
 
 	t.Run("INTERNAL and lost responses (chaos)", func(t *testing.T) {
-		defer env.ctl(t, "PUT", "/sim/chaos", map[string]any{}, nil)
-		env.ctl(t, "PUT", "/sim/chaos", map[string]any{"seed": 1, "rest_5xx_rate": 1}, nil)
+		chaos := func(cfg sim.ChaosConfig) { _, err := env.sc.SetChaos(ctx, cfg); must(t, err) }
+		defer chaos(sim.ChaosConfig{})
+		chaos(sim.ChaosConfig{Seed: 1, Rest5xxRate: 1})
 		_, err := c.GetMe(ctx, official.cred())
 		if e := wantCode(t, err, "getMe", 500, buko.CodeInternal, tokens...); !buko.IsRetryable(e) {
 			t.Fatal("INTERNAL not retryable")
 		}
-		env.ctl(t, "PUT", "/sim/chaos", map[string]any{"seed": 1, "rest_429_rate": 1}, nil)
+		chaos(sim.ChaosConfig{Seed: 1, Rest429Rate: 1})
 		_, err = c.SendMessage(ctx, official.cred(), buko.SendMessageParams{ChatID: chatID, Text: "x"})
 		if e := wantCode(t, err, "sendMessage", 429, buko.CodeRateLimited, tokens...); e.RetryAfter < time.Second {
 			t.Fatalf("chaos 429 RetryAfter = %v", e.RetryAfter)
 		}
 		// The call takes effect but the connection drops before the answer.
-		env.ctl(t, "PUT", "/sim/chaos", map[string]any{"seed": 1, "response_lost_rate": 1}, nil)
+		chaos(sim.ChaosConfig{Seed: 1, ResponseLostRate: 1})
 		_, err = c.SendMessage(ctx, official.cred(), buko.SendMessageParams{ChatID: chatID, Text: "maybe sent"})
 		var re *buko.RequestError
 		if !errors.As(err, &re) || re.Method != "sendMessage" || !buko.IsRetryable(err) {
@@ -532,13 +492,11 @@ func TestClientAgainstSimulator(t *testing.T) {
 	})
 
 	t.Run("rotated token", func(t *testing.T) {
-		var r struct {
-			Token string `json:"token"`
-		}
-		env.ctl(t, "POST", "/sim/bots/"+official.BotID+"/rotate-token", nil, &r)
-		_, err := c.GetMe(ctx, official.cred())
-		wantCode(t, err, "getMe", 401, buko.CodeUnauthorized, append(tokens, r.Token)...)
-		if _, err := c.GetMe(ctx, cred(r.Token)); err != nil {
+		newToken, err := env.sc.RotateToken(ctx, official.BotID)
+		must(t, err)
+		_, err = c.GetMe(ctx, official.cred())
+		wantCode(t, err, "getMe", 401, buko.CodeUnauthorized, append(tokens, newToken)...)
+		if _, err := c.GetMe(ctx, cred(newToken)); err != nil {
 			t.Fatalf("new token: %v", err)
 		}
 	})

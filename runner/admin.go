@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"buko.app/agentrunner/httpapi"
 	"buko.app/agentrunner/vault"
 )
 
@@ -67,6 +68,7 @@ type Admin struct {
 	cfg    AdminConfig
 	log    zerolog.Logger
 	logins *loginLimiter // rate limit of POST /login (admin_page.go)
+	json   *httpapi.API  // writes every JSON answer and error (wire)
 }
 
 // NewAdmin returns the admin server.
@@ -77,7 +79,9 @@ func NewAdmin(cfg AdminConfig) *Admin {
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.NewRegistry()
 	}
-	return &Admin{cfg: cfg, log: cfg.Logger.With().Str("component", "admin").Logger(), logins: newLoginLimiter()}
+	a := &Admin{cfg: cfg, log: cfg.Logger.With().Str("component", "admin").Logger(), logins: newLoginLimiter()}
+	a.json = a.wire()
+	return a
 }
 
 // Handler serves the status page, /api/v1/* and /healthz, /readyz, /metrics.
@@ -93,18 +97,17 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/bots/{id}/resume", a.write(a.resume))
 	mux.HandleFunc("POST /api/v1/bots/{id}/reconnect", a.write(a.reconnect))
 	mux.HandleFunc("POST /api/v1/runners/{id}/drain", a.write(a.drain))
-	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/api/", a.json.Func(func(w http.ResponseWriter, r *http.Request) (any, error) {
 		for _, m := range []string{http.MethodGet, http.MethodPost} {
 			r2 := r.Clone(r.Context())
 			r2.Method = m
 			if _, pat := mux.Handler(r2); pat != "/api/" && pat != "" {
 				w.Header().Set("Allow", m)
-				writeErr(w, http.StatusMethodNotAllowed, "method not allowed: use "+m)
-				return
+				return nil, errf(http.StatusMethodNotAllowed, "method not allowed: use %s", m)
 			}
 		}
-		writeErr(w, http.StatusNotFound, "no such endpoint: see docs/admin.md")
-	})
+		return nil, errf(http.StatusNotFound, "no such endpoint: see docs/admin.md")
+	}))
 	a.pages(mux)
 	return secureHeaders(mux)
 }
@@ -117,9 +120,9 @@ func (a *Admin) OpsHandler() http.Handler {
 }
 
 func (a *Admin) ops(mux *http.ServeMux) {
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "runner_id": a.cfg.RunnerID})
-	})
+	mux.HandleFunc("GET /healthz", a.json.Func(func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return map[string]any{"status": "ok", "runner_id": a.cfg.RunnerID}, nil
+	}))
 	mux.HandleFunc("GET /readyz", a.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.cfg.Gatherer, promhttp.HandlerOpts{}))
 }
@@ -177,7 +180,7 @@ func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
 	if !ready {
 		code = http.StatusServiceUnavailable
 	}
-	writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
+	a.json.JSON(w, code, map[string]any{"ready": ready, "checks": checks})
 }
 
 // ---- auth ----
@@ -239,80 +242,56 @@ func (a *Admin) cookieOK(v string, now time.Time) bool {
 	return now.Before(time.Unix(exp, 0)) && time.Unix(exp, 0).Before(now.Add(cookieLifetime+time.Minute))
 }
 
-type apiFunc func(w http.ResponseWriter, r *http.Request) (any, error)
-
-// apiError is an error with an HTTP status and a message safe to show.
-type apiError struct {
-	status int
-	msg    string
-}
-
-func (e *apiError) Error() string { return e.msg }
+// apiError is a refused admin request: the project's one typed API error
+// (httpapi.Error), answered as {"error": Message} with its Status.
+type apiError = httpapi.Error
 
 func errf(status int, format string, args ...any) error {
-	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
+	return httpapi.Errorf(status, "", format, args...)
 }
 
-func (a *Admin) api(f apiFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+// wire is the admin API's format: indented JSON, errors as {"error": "..."},
+// an unexpected error logged and answered 500 without its text.
+func (a *Admin) wire() *httpapi.API {
+	return &httpapi.API{
+		ContentType: "application/json; charset=utf-8",
+		Indent:      "  ",
+		ErrorBody:   func(e *apiError) any { return map[string]string{"error": e.Message} },
+		Internal: func(r *http.Request, err error) *apiError {
+			a.log.Warn().Err(err).Str("path", r.URL.Path).Msg("admin request failed")
+			return &apiError{Status: http.StatusInternalServerError, Message: "internal error (see the replica's log)"}
+		},
+	}
+}
+
+func (a *Admin) api(f httpapi.Handler) http.HandlerFunc {
+	return a.json.Func(func(w http.ResponseWriter, r *http.Request) (any, error) {
 		if !a.authed(r) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="agentrunner"`)
-			writeErr(w, http.StatusUnauthorized, "authentication required: send Authorization: Bearer <admin token>")
-			return
+			return nil, errf(http.StatusUnauthorized, "authentication required: send Authorization: Bearer <admin token>")
 		}
-		a.serve(w, r, f, http.StatusOK)
-	}
+		return f(w, r)
+	})
 }
 
 // write guards an action: refused unless a token is configured and sent as
 // a bearer header (never a cookie: no cross-site writes).
-func (a *Admin) write(f apiFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func (a *Admin) write(f httpapi.Handler) http.HandlerFunc {
+	return a.json.Func(func(w http.ResponseWriter, r *http.Request) (any, error) {
 		if a.cfg.Token == "" {
-			writeErr(w, http.StatusForbidden, "admin writes are disabled: no admin token is configured on this replica")
-			return
+			return nil, errf(http.StatusForbidden, "admin writes are disabled: no admin token is configured on this replica")
 		}
 		if !a.tokenOK(bearer(r)) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="agentrunner"`)
-			writeErr(w, http.StatusUnauthorized, "authentication required: send Authorization: Bearer <admin token>")
-			return
+			return nil, errf(http.StatusUnauthorized, "authentication required: send Authorization: Bearer <admin token>")
 		}
-		a.serve(w, r, f, http.StatusOK)
-	}
+		return f(w, r)
+	})
 }
 
-func (a *Admin) serve(w http.ResponseWriter, r *http.Request, f apiFunc, code int) {
-	out, err := f(w, r)
-	if err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) {
-			writeErr(w, ae.status, ae.msg)
-			return
-		}
-		a.log.Warn().Err(err).Str("path", r.URL.Path).Msg("admin request failed")
-		writeErr(w, http.StatusInternalServerError, "internal error (see the replica's log)")
-		return
-	}
-	if acc, ok := out.(accepted); ok {
-		writeJSON(w, http.StatusAccepted, acc.body)
-		return
-	}
-	writeJSON(w, code, out)
-}
-
-// accepted wraps a 202 answer.
-type accepted struct{ body any }
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func writeErr(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+// accepted is a 202 answer.
+func accepted(body any) httpapi.WithStatus {
+	return httpapi.WithStatus{Status: http.StatusAccepted, Body: body}
 }
 
 // ---- input ----
@@ -503,7 +482,7 @@ func (a *Admin) reconnect(w http.ResponseWriter, r *http.Request) (any, error) {
 		Detail: map[string]any{"shard": shard, "how": how, "reason": body.Reason}}); err != nil {
 		return nil, fmt.Errorf("admin: audit: %w", err)
 	}
-	return accepted{map[string]any{"bot_id": id, "shard": shard, "result": how}}, nil
+	return accepted(map[string]any{"bot_id": id, "shard": shard, "result": how}), nil
 }
 
 // drain sets runners.draining; the target sees it at its next heartbeat
@@ -537,5 +516,5 @@ func (a *Admin) drain(w http.ResponseWriter, r *http.Request) (any, error) {
 		Detail: map[string]any{"runner_id": id, "reason": body.Reason}}); err != nil {
 		return nil, fmt.Errorf("admin: audit: %w", err)
 	}
-	return accepted{map[string]any{"runner_id": id, "draining": true}}, nil
+	return accepted(map[string]any{"runner_id": id, "draining": true}), nil
 }

@@ -29,14 +29,14 @@ func FuzzReadAction(f *testing.F) {
 			return
 		}
 		var ae *apiError
-		if !errors.As(err, &ae) || ae.status < 400 || ae.status >= 500 {
+		if !errors.As(err, &ae) || ae.Status < 400 || ae.Status >= 500 {
 			t.Fatalf("want a 4xx apiError, got %T %v", err, err)
 		}
 		// The hint quotes an example body; a body that is part of it is not an echo.
 		const hint = `bad request body: want a JSON object like {"reason": "..."}`
 		if marker := strings.TrimSpace(body); len(marker) >= 8 && utf8.ValidString(marker) &&
-			strings.Contains(ae.msg, marker) && !strings.Contains(hint, marker) {
-			t.Fatalf("the error echoes the body: %q", ae.msg)
+			strings.Contains(ae.Message, marker) && !strings.Contains(hint, marker) {
+			t.Fatalf("the error echoes the body: %q", ae.Message)
 		}
 	})
 }

@@ -268,8 +268,8 @@ func (a *Admin) botPage(r *http.Request) (string, pageData, int) {
 		}
 	}
 	if ae, ok := err.(*apiError); ok {
-		d.Error = ae.msg
-		return "bot", d, ae.status
+		d.Error = ae.Message
+		return "bot", d, ae.Status
 	}
 	a.log.Warn().Err(err).Msg("bot page: read failed")
 	d.Error = "cannot read the bot from Postgres (see the replica's log)"

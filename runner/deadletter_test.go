@@ -65,11 +65,11 @@ func startDLSupervisor(t *testing.T, env *runnertest.Env, id string, store *Dead
 
 func rawUpdate(t *testing.T, env *runnertest.Env, botID, raw string) buko.UpdateID {
 	t.Helper()
-	var out struct {
-		UpdateID string `json:"update_id"`
+	id, err := env.Control.RawUpdate(context.Background(), botID, raw)
+	if err != nil {
+		t.Fatal(err)
 	}
-	env.Call(t, "POST", "/sim/bots/"+botID+"/raw-updates", map[string]any{"raw": raw}, &out)
-	return buko.UpdateID(out.UpdateID)
+	return buko.UpdateID(id)
 }
 
 func simAcked(t *testing.T, env *runnertest.Env, botID string) buko.UpdateID {

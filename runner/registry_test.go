@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -58,20 +57,11 @@ func regCtx(t *testing.T) context.Context {
 }
 
 // simBot creates a bot in the simulator and returns its id and token.
-func (f *regFixture) simBot(t *testing.T, body map[string]any) (string, vault.Token) {
+func (f *regFixture) simBot(t *testing.T, s sim.BotSettings) (string, vault.Token) {
 	t.Helper()
-	b, _ := json.Marshal(body)
-	resp, err := http.Post(f.sim.URL+"/sim/bots", "application/json", bytes.NewReader(b))
+	out, err := sim.NewControl(f.sim.URL, sim.ControlOptions{}).CreateBot(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out struct {
-		BotID string `json:"bot_id"`
-		Token string `json:"token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("sim create bot: %d %v", resp.StatusCode, err)
 	}
 	tok, err := vault.ParseToken(out.Token)
 	if err != nil {
@@ -82,18 +72,11 @@ func (f *regFixture) simBot(t *testing.T, body map[string]any) (string, vault.To
 
 func (f *regFixture) simRotate(t *testing.T, botID string) vault.Token {
 	t.Helper()
-	resp, err := http.Post(f.sim.URL+"/sim/bots/"+botID+"/rotate-token", "application/json", nil)
+	raw, err := sim.NewControl(f.sim.URL, sim.ControlOptions{}).RotateToken(context.Background(), botID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var out struct {
-		Token string `json:"token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := vault.ParseToken(out.Token)
+	tok, err := vault.ParseToken(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +113,7 @@ func TestShardOf(t *testing.T) {
 func TestRegistryLifecycle(t *testing.T) {
 	f := newRegFixture(t)
 	ctx := regCtx(t)
-	id, tok := f.simBot(t, map[string]any{"handle": "helper_bot", "display_name": "Helper"})
+	id, tok := f.simBot(t, sim.BotSettings{Handle: "helper_bot", DisplayName: "Helper"})
 
 	listen, err := pgx.Connect(ctx, f.pool.Config().ConnString())
 	if err != nil {
@@ -201,7 +184,7 @@ func TestRegistryLifecycle(t *testing.T) {
 	if _, err := f.reg.RotateToken(ctx, "test", id, tok); !errors.Is(err, ErrTokenRejected) {
 		t.Fatalf("rotate to the revoked token: %v", err)
 	}
-	_, otherTok := f.simBot(t, map[string]any{"handle": "other_bot"})
+	_, otherTok := f.simBot(t, sim.BotSettings{Handle: "other_bot"})
 	if _, err := f.reg.RotateToken(ctx, "test", id, otherTok); !errors.Is(err, ErrBotMismatch) {
 		t.Fatalf("rotate to another bot's token: %v", err)
 	}
@@ -248,9 +231,9 @@ func TestRegistryLifecycle(t *testing.T) {
 func TestRegistryAddRefusals(t *testing.T) {
 	f := newRegFixture(t)
 	ctx := regCtx(t)
-	_, tok := f.simBot(t, map[string]any{"handle": "good_bot"})
-	_, unofficial := f.simBot(t, map[string]any{"handle": "third_party", "official": false, "tier": "pro"})
-	_, dupTok := f.simBot(t, map[string]any{"handle": "dup_handle"})
+	_, tok := f.simBot(t, sim.BotSettings{Handle: "good_bot"})
+	_, unofficial := f.simBot(t, sim.BotSettings{Handle: "third_party", Official: new(bool), Tier: "pro"})
+	_, dupTok := f.simBot(t, sim.BotSettings{Handle: "dup_handle"})
 	if _, err := f.pool.Exec(ctx, `INSERT INTO bots (id, handle, shard) VALUES ('bot_elsewhere', 'DUP_handle', 0)`); err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +275,7 @@ func TestRegistryAddRefusals(t *testing.T) {
 	}
 	// Buko unreachable: a clear error, nothing written.
 	dead := NewRegistry(RegistryConfig{Pool: f.pool, Store: f.store, Buko: buko.NewClient("http://127.0.0.1:1", nil)})
-	_, t2 := f.simBot(t, map[string]any{"handle": "late_bot"})
+	_, t2 := f.simBot(t, sim.BotSettings{Handle: "late_bot"})
 	if _, err := dead.Add(ctx, AddRequest{Handle: "late_bot", Token: t2}); err == nil || !strings.Contains(err.Error(), "cannot verify") {
 		t.Fatalf("unreachable Buko: %v", err)
 	}
@@ -307,7 +290,7 @@ func TestRegistryAddRefusals(t *testing.T) {
 func TestRegistryAddIsAtomic(t *testing.T) {
 	f := newRegFixture(t)
 	ctx := regCtx(t)
-	_, tok := f.simBot(t, map[string]any{"handle": "atomic_bot"})
+	_, tok := f.simBot(t, sim.BotSettings{Handle: "atomic_bot"})
 	if _, err := f.pool.Exec(ctx, `CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN RAISE EXCEPTION 'audit is down'; END $$;
 		CREATE TRIGGER fail_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION fail_audit();`); err != nil {

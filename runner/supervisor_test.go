@@ -236,7 +236,9 @@ func TestSupervisorMarksAuthFailed(t *testing.T) {
 		return live == 2
 	})
 	// The token changes at Buko but not in secret_vault: 4001, then 401s.
-	env.Call(t, "POST", "/sim/bots/"+bots[0].ID+"/rotate-token", nil, nil)
+	if _, err := env.Control.RotateToken(context.Background(), bots[0].ID); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the bot marked auth_failed", 60*time.Second, func() bool {
 		var st string
 		if err := env.Pool.QueryRow(context.Background(), `SELECT status FROM bots WHERE id = $1`, bots[0].ID).Scan(&st); err != nil {

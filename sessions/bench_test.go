@@ -2,9 +2,7 @@ package sessions
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -290,17 +288,9 @@ func writeHeapProfile(b *testing.B, path string) {
 func mib(v uint64) float64 { return float64(v) / (1 << 20) }
 
 func createBotAt(addr string) (string, string, error) {
-	resp, err := http.Post(addr+"/sim/bots", "application/json", bytes.NewReader([]byte(`{}`)))
+	out, err := sim.NewControl(addr, sim.ControlOptions{}).CreateBot(context.Background(), sim.BotSettings{})
 	if err != nil {
-		return "", "", err
-	}
-	defer resp.Body.Close()
-	var out struct {
-		BotID string `json:"bot_id"`
-		Token string `json:"token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.BotID == "" {
-		return "", "", fmt.Errorf("create bot: HTTP %d: %v", resp.StatusCode, err)
+		return "", "", fmt.Errorf("create bot: %w", err)
 	}
 	return out.BotID, out.Token, nil
 }

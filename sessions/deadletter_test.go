@@ -75,11 +75,9 @@ func (m *memSink) attempts() int {
 // rawUpdate queues raw (with $ID replaced) at the simulator and returns its id.
 func (e *simEnv) rawUpdate(botID, raw string) buko.UpdateID {
 	e.t.Helper()
-	var out struct {
-		UpdateID string `json:"update_id"`
-	}
-	e.call("POST", "/sim/bots/"+botID+"/raw-updates", map[string]any{"raw": raw}, &out)
-	return buko.UpdateID(out.UpdateID)
+	id, err := e.ctl().RawUpdate(context.Background(), botID, raw)
+	e.must(err)
+	return buko.UpdateID(id)
 }
 
 // acked is the simulator's confirmed cursor of the bot.

@@ -1,12 +1,8 @@
 package sessions
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -57,103 +53,76 @@ func newSim(t testing.TB, opts sim.Options) *simEnv {
 	return &simEnv{t: t, sim: s, srv: srv, client: buko.NewClient(srv.URL, nil)}
 }
 
-func (e *simEnv) call(method, path string, in, out any) {
+// ctl is the simulator's control API; must fails the test on an error.
+func (e *simEnv) ctl() *sim.Control {
+	return sim.NewControl(e.srv.URL, sim.ControlOptions{HTTPClient: http.DefaultClient})
+}
+
+func (e *simEnv) must(err error) {
 	e.t.Helper()
-	if err := e.try(method, path, in, out); err != nil {
+	if err != nil {
 		e.t.Fatal(err)
 	}
 }
 
-func (e *simEnv) try(method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, e.srv.URL+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, data)
-	}
-	if out != nil {
-		return json.Unmarshal(data, out)
-	}
-	return nil
-}
-
-// createBot returns a new bot's id and token. extra sets more fields of POST /sim/bots.
-func (e *simEnv) createBot(extra map[string]any) (string, string) {
+// createBot returns a new bot's id and token. extra (if not nil) sets more
+// fields of POST /sim/bots.
+func (e *simEnv) createBot(extra *sim.BotSettings) (string, string) {
 	e.t.Helper()
-	in := map[string]any{}
-	for k, v := range extra {
-		in[k] = v
+	var in sim.BotSettings
+	if extra != nil {
+		in = *extra
 	}
-	var out struct {
-		BotID string `json:"bot_id"`
-		Token string `json:"token"`
-	}
-	e.call("POST", "/sim/bots", in, &out)
+	out, err := e.ctl().CreateBot(context.Background(), in)
+	e.must(err)
 	return out.BotID, out.Token
 }
 
 func (e *simEnv) createUser(name string) string {
 	e.t.Helper()
-	var out struct {
-		UserID string `json:"user_id"`
-	}
-	e.call("POST", "/sim/users", map[string]any{"display_name": name}, &out)
+	out, err := e.ctl().CreateUser(context.Background(), name, "")
+	e.must(err)
 	return out.UserID
 }
 
 // startChat runs the /start flow; the bot gets my_chat_member and "/start".
 func (e *simEnv) startChat(userID, botID string) string {
 	e.t.Helper()
-	var out struct {
-		ChatID string `json:"chat_id"`
-	}
-	e.call("POST", "/sim/chats/private", map[string]any{"user_id": userID, "bot_id": botID}, &out)
+	out, err := e.ctl().OpenPrivateChat(context.Background(), userID, botID)
+	e.must(err)
 	return out.ChatID
 }
 
 func (e *simEnv) post(chatID, userID, text string) {
 	e.t.Helper()
-	e.call("POST", "/sim/chats/"+chatID+"/messages", map[string]any{"user_id": userID, "text": text}, nil)
+	_, err := e.ctl().Say(context.Background(), chatID, userID, text)
+	e.must(err)
 }
 
 func (e *simEnv) rotate(botID string) string {
 	e.t.Helper()
-	var out struct {
-		Token string `json:"token"`
-	}
-	e.call("POST", "/sim/bots/"+botID+"/rotate-token", nil, &out)
-	return out.Token
+	tok, err := e.ctl().RotateToken(context.Background(), botID)
+	e.must(err)
+	return tok
 }
 
-func (e *simEnv) chaos(cfg sim.ChaosConfig) { e.t.Helper(); e.call("PUT", "/sim/chaos", cfg, nil) }
+func (e *simEnv) chaos(cfg sim.ChaosConfig) {
+	e.t.Helper()
+	_, err := e.ctl().SetChaos(context.Background(), cfg)
+	e.must(err)
+}
 
 func (e *simEnv) stats() sim.Stats {
 	e.t.Helper()
-	var st sim.Stats
-	e.call("GET", "/sim/stats", nil, &st)
+	st, err := e.ctl().Stats(context.Background())
+	e.must(err)
 	return st
 }
 
 func (e *simEnv) bot(botID string) sim.BotView {
 	e.t.Helper()
-	var v sim.BotView
-	e.call("GET", "/sim/bots/"+botID, nil, &v)
+	v, err := e.ctl().Bot(context.Background(), botID)
+	e.must(err)
 	return v
 }
 

@@ -29,7 +29,7 @@ type chatFixture struct {
 	rec    *recorder
 }
 
-func newFixture(t *testing.T, e *simEnv, nChats int, bot map[string]any) *chatFixture {
+func newFixture(t *testing.T, e *simEnv, nChats int, bot *sim.BotSettings) *chatFixture {
 	t.Helper()
 	f := &chatFixture{e: e, rec: newRecorder()}
 	f.botID, f.token = e.createBot(bot)
@@ -334,7 +334,7 @@ func TestConnectionLimitBacksOffUntilFree(t *testing.T) {
 
 func TestReplacedDoesNotFight(t *testing.T) {
 	e := newSim(t, sim.Options{})
-	f := newFixture(t, e, 1, map[string]any{"connection_policy": sim.PolicyReplaceOldest})
+	f := newFixture(t, e, 1, &sim.BotSettings{ConnectionPolicy: sim.PolicyReplaceOldest})
 	states := &stateLog{}
 	cfg := f.config()
 	cfg.OnState = states.on

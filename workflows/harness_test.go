@@ -1,13 +1,11 @@
 package workflows
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -226,36 +224,23 @@ func (e *env) startWorker(o WorkerOptions) *Worker {
 
 // ---- simulator control API ----
 
-func (e *env) ctl(method, path string, in, out any) {
+// control is the simulator's control API; must fails the test on an error.
+func (e *env) control() *sim.Control {
+	return sim.NewControl(e.simURL, sim.ControlOptions{HTTPClient: http.DefaultClient})
+}
+
+func (e *env) must(err error) {
 	e.t.Helper()
-	var body io.Reader
-	if in != nil {
-		b, _ := json.Marshal(in)
-		body = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, e.simURL+path, body)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode/100 != 2 {
-		e.t.Fatalf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, data)
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			e.t.Fatalf("%s %s: decode: %v", method, path, err)
-		}
+		e.t.Fatal(err)
 	}
 }
 
 // newBot creates a bot in the simulator and registers it with the directory and tokens.
 func (e *env) newBot(handle, agent string, config json.RawMessage) BotSpec {
 	e.t.Helper()
-	var cb sim.CreatedBot
-	e.ctl("POST", "/sim/bots", map[string]any{"handle": handle, "display_name": "Bot " + handle}, &cb)
+	cb, err := e.control().CreateBot(context.Background(), sim.BotSettings{Handle: handle, DisplayName: "Bot " + handle})
+	e.must(err)
 	tok, err := vault.ParseToken(cb.Token)
 	if err != nil {
 		e.t.Fatal(err)
@@ -268,33 +253,27 @@ func (e *env) newBot(handle, agent string, config json.RawMessage) BotSpec {
 }
 
 func (e *env) newUser(name string) string {
-	var out struct {
-		UserID string `json:"user_id"`
-	}
-	e.ctl("POST", "/sim/users", map[string]any{"display_name": name, "handle": strings.ToLower(name) + randomHex(2)}, &out)
-	return out.UserID
+	u, err := e.control().CreateUser(context.Background(), name, strings.ToLower(name)+randomHex(2))
+	e.must(err)
+	return u.UserID
 }
 
 func (e *env) startChat(userID, botID string) string {
-	var out struct {
-		ChatID string `json:"chat_id"`
-	}
-	e.ctl("POST", "/sim/chats/private", map[string]any{"user_id": userID, "bot_id": botID}, &out)
-	return out.ChatID
+	c, err := e.control().OpenPrivateChat(context.Background(), userID, botID)
+	e.must(err)
+	return c.ChatID
 }
 
 func (e *env) say(chatID, userID, text string) string {
 	rememberSecret(text)
-	var out struct {
-		MessageID string `json:"message_id"`
-	}
-	e.ctl("POST", "/sim/chats/"+chatID+"/messages", map[string]any{"user_id": userID, "text": text}, &out)
-	return out.MessageID
+	id, err := e.control().Say(context.Background(), chatID, userID, text)
+	e.must(err)
+	return id
 }
 
 func (e *env) transcript(chatID string) []sim.TranscriptMessage {
-	var out []sim.TranscriptMessage
-	e.ctl("GET", "/sim/chats/"+chatID+"/messages", nil, &out)
+	out, err := e.control().Transcript(context.Background(), chatID, "")
+	e.must(err)
 	return out
 }
 
@@ -310,8 +289,8 @@ func (e *env) botReplies(chatID string) []sim.TranscriptMessage {
 }
 
 func (e *env) stats() sim.Stats {
-	var st sim.Stats
-	e.ctl("GET", "/sim/stats", nil, &st)
+	st, err := e.control().Stats(context.Background())
+	e.must(err)
 	return st
 }
 

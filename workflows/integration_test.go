@@ -159,7 +159,8 @@ func TestIntegrationChaosRetriedReplyOnce(t *testing.T) {
 		e.say(chat, user, texts[i])
 	}
 	ups := e.updates(bot, n+2)
-	e.ctl("PUT", "/sim/chaos", sim.ChaosConfig{Seed: 7, Rest5xxRate: 0.3, Rest429Rate: 0.2}, nil)
+	_, err := e.control().SetChaos(context.Background(), sim.ChaosConfig{Seed: 7, Rest5xxRate: 0.3, Rest429Rate: 0.2})
+	e.must(err)
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
@@ -167,7 +168,8 @@ func TestIntegrationChaosRetriedReplyOnce(t *testing.T) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == n+2 && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
-	e.ctl("PUT", "/sim/chaos", sim.ChaosConfig{}, nil)
+	_, err = e.control().SetChaos(context.Background(), sim.ChaosConfig{})
+	e.must(err)
 	got := replyTexts(e.botReplies(chat))
 	if len(got) != n+1 || strings.Join(got[1:], "|") != strings.Join(texts, "|") {
 		t.Fatalf("replies %q, want greeting + %q each once", got, texts)
@@ -189,7 +191,7 @@ func TestIntegrationForbiddenNotRetried(t *testing.T) {
 	chat := e.startChat(user, bot.ID)
 	e.say(chat, user, "you will not answer this")
 	ups := e.updates(bot, 3)
-	e.ctl("POST", "/sim/chats/"+chat+"/block", map[string]any{"user_id": user}, nil)
+	e.must(e.control().Block(context.Background(), chat, user))
 	before := e.stats().RestCalls["sendMessage"]
 	for _, u := range ups {
 		e.hand(bot.ID, u)

@@ -119,7 +119,8 @@ func activityEnv(t *testing.T, tier string) (*Activities, *env, BotSpec, string)
 	bot := e.newBot("act_bot", "echo", nil)
 	bot.Tier = tier
 	e.bots.set(bot)
-	e.ctl("PATCH", "/sim/bots/"+bot.ID, map[string]any{"tier": tier}, nil)
+	_, err := e.control().PatchBot(context.Background(), bot.ID, sim.BotSettings{Tier: tier})
+	e.must(err)
 	u := e.newUser("Ann")
 	chat := e.startChat(u, bot.ID)
 	a := &Activities{bots: e.bots, tokens: e.tokens, api: e.api, quotas: newQuotas(time.Second), fair: newFairness(4),
@@ -149,21 +150,25 @@ func TestActivitiesMapBotAPIErrors(t *testing.T) {
 		t.Errorf("404 retryable: %v", ae)
 	}
 	// 429 from chaos: retryable after retry_after.
-	e.ctl("PUT", "/sim/chaos", sim.ChaosConfig{Seed: 1, Rest429Rate: 1}, nil)
+	_, err = e.control().SetChaos(ctx, sim.ChaosConfig{Seed: 1, Rest429Rate: 1})
+	e.must(err)
 	_, err = a.SendMessage(ctx, ActionInput{BotID: bot.ID, ChatID: chat, Action: agents.Action{Type: agents.ActionSend, Text: "hi"}})
 	ae := appError(t, err)
 	if ae.NonRetryable() || ae.Type() != buko.CodeRateLimited || ae.NextRetryDelay() != time.Second {
 		t.Errorf("429: type %s nonretryable %v delay %v", ae.Type(), ae.NonRetryable(), ae.NextRetryDelay())
 	}
 	// 5xx: retryable with the policy's back-off.
-	e.ctl("PUT", "/sim/chaos", sim.ChaosConfig{Seed: 1, Rest5xxRate: 1}, nil)
+	_, err = e.control().SetChaos(ctx, sim.ChaosConfig{Seed: 1, Rest5xxRate: 1})
+	e.must(err)
 	_, err = a.SendChatAction(ctx, ActionInput{BotID: bot.ID, ChatID: chat, Action: agents.Action{Type: agents.ActionTyping}})
 	if ae := appError(t, err); ae.NonRetryable() || ae.NextRetryDelay() != 0 {
 		t.Errorf("5xx: %v", ae)
 	}
-	e.ctl("PUT", "/sim/chaos", sim.ChaosConfig{}, nil)
+	_, err = e.control().SetChaos(ctx, sim.ChaosConfig{})
+	e.must(err)
 	// 401 after a rotation: the cached token is dropped, the call retried.
-	e.ctl("POST", "/sim/bots/"+bot.ID+"/rotate-token", nil, nil)
+	_, err = e.control().RotateToken(ctx, bot.ID)
+	e.must(err)
 	_, err = a.SendMessage(ctx, ActionInput{BotID: bot.ID, ChatID: chat, Action: agents.Action{Type: agents.ActionSend, Text: "hi"}})
 	if ae := appError(t, err); ae.NonRetryable() || ae.Type() != ErrTypeUnauthorized || e.tokens.invalidated != 1 {
 		t.Errorf("401: %v invalidated %d", ae, e.tokens.invalidated)

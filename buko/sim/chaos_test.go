@@ -32,15 +32,15 @@ func outcomes(t *testing.T, e *env, tok token, n int) []string {
 
 func TestChaosReplaysWithTheSameSeed(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok := e.bot(nil)
+	_, tok := e.bot(sim.BotSettings{})
 	cfg := sim.ChaosConfig{Seed: 7, Rest5xxRate: 0.3, Rest429Rate: 0.2, ResponseLostRate: 0.1}
-	var echo sim.ChaosConfig
-	e.must("PUT", "/sim/chaos", cfg, &echo)
+	echo, err := e.sc.SetChaos(ctx(e.t), cfg)
+	e.must(err)
 	if echo != cfg {
 		t.Fatalf("PUT /sim/chaos answered %+v", echo)
 	}
 	first := outcomes(t, e, tok, 60)
-	e.must("PUT", "/sim/chaos", cfg, nil)
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), cfg)))
 	second := outcomes(t, e, tok, 60)
 	if !slices.Equal(first, second) {
 		t.Fatalf("same seed, different faults:\n%v\n%v", first, second)
@@ -51,7 +51,7 @@ func TestChaosReplaysWithTheSameSeed(t *testing.T) {
 		}
 	}
 	cfg.Seed = 8
-	e.must("PUT", "/sim/chaos", cfg, nil)
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), cfg)))
 	if other := outcomes(t, e, tok, 60); slices.Equal(first, other) {
 		t.Fatal("another seed gave the same faults")
 	}
@@ -59,7 +59,7 @@ func TestChaosReplaysWithTheSameSeed(t *testing.T) {
 	if st.Rest5xx == 0 || st.Rest429 == 0 || st.ResponseLost == 0 {
 		t.Fatalf("chaos stats: %+v", st)
 	}
-	e.must("PUT", "/sim/chaos", sim.ChaosConfig{}, nil)
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), sim.ChaosConfig{})))
 	if got := outcomes(t, e, tok, 20); slices.ContainsFunc(got, func(s string) bool { return s != "ok" }) {
 		t.Fatalf("chaos off: %v", got)
 	}
@@ -70,16 +70,16 @@ func TestChaosReplaysWithTheSameSeed(t *testing.T) {
 
 func TestChaosResponseLostStillActs(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, _, chat := chatWithBot(e, nil)
-	e.must("PUT", "/sim/chaos", sim.ChaosConfig{Seed: 1, ResponseLostRate: 1}, nil)
+	_, tok, _, chat := chatWithBot(e, sim.BotSettings{})
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), sim.ChaosConfig{Seed: 1, ResponseLostRate: 1})))
 	_, err := e.api.SendMessage(ctx(t), tok, buko.SendMessageParams{ChatID: chat, Text: "did it post?"})
 	var re *buko.RequestError
 	if !errors.As(err, &re) {
 		t.Fatalf("want a transport error, got %v", err)
 	}
-	e.must("PUT", "/sim/chaos", sim.ChaosConfig{}, nil)
-	var tr []sim.TranscriptMessage
-	e.must("GET", "/sim/chats/"+chat+"/messages", nil, &tr)
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), sim.ChaosConfig{})))
+	tr, err := e.sc.Transcript(ctx(e.t), chat, "")
+	e.must(err)
 	if last := tr[len(tr)-1]; last.Text != "did it post?" || last.FromKind != "bot" {
 		t.Fatalf("the lost call did not post: %+v", last)
 	}
@@ -87,9 +87,9 @@ func TestChaosResponseLostStillActs(t *testing.T) {
 
 func TestChaosGateway(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, nil)
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 
-	e.must("PUT", "/sim/chaos", sim.ChaosConfig{Seed: 3, DuplicateDeliveryRate: 1}, nil)
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), sim.ChaosConfig{Seed: 3, DuplicateDeliveryRate: 1})))
 	e.say(chat, u, "twice")
 	ws := e.connect(tok)
 	a, b := ws.update(), ws.update()
@@ -99,7 +99,7 @@ func TestChaosGateway(t *testing.T) {
 	ws.ack(a.UpdateID)
 	ws.close()
 
-	e.must("PUT", "/sim/chaos", sim.ChaosConfig{Seed: 3, DropConnectionRate: 1}, nil)
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), sim.ChaosConfig{Seed: 3, DropConnectionRate: 1})))
 	ws = e.connect(tok)
 	e.say(chat, u, "never arrives")
 	if code := ws.closed(); code != -1 && code != websocket.StatusAbnormalClosure {
@@ -109,7 +109,7 @@ func TestChaosGateway(t *testing.T) {
 	if st.Duplicated != 1 || st.DroppedConnection != 1 {
 		t.Fatalf("chaos stats: %+v", st)
 	}
-	e.must("PUT", "/sim/chaos", sim.ChaosConfig{}, nil)
+	e.must(errOf(e.sc.SetChaos(ctx(e.t), sim.ChaosConfig{})))
 	ws = e.connect(tok)
 	if up := ws.update(); up.Message.Text != "never arrives" {
 		t.Fatalf("after the drop: %q", up.Message.Text)

@@ -14,7 +14,7 @@ import (
 
 func TestControlAPIAdminToken(t *testing.T) {
 	e := newEnv(t, sim.Options{AdminToken: "s3cret"})
-	botID, tok := e.bot(map[string]any{"handle": "guarded"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "guarded"})
 	for _, auth := range []string{"", "Bearer wrong", "Bot s3cret"} {
 		req, _ := http.NewRequest("GET", e.srv.URL+"/sim/bots", nil)
 		if auth != "" {
@@ -46,9 +46,9 @@ func TestControlAPIAdminToken(t *testing.T) {
 
 func TestControlAPIListsAndTranscript(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	botID, tok := e.bot(map[string]any{"handle": "list_bot", "display_name": "Lister", "tier": "pro"})
-	var bots []map[string]any
-	e.must("GET", "/sim/bots", nil, &bots)
+	botID, tok := e.bot(sim.BotSettings{Handle: "list_bot", DisplayName: "Lister", Tier: "pro"})
+	var bots []map[string]any // the wire's fields: no "token" among them
+	e.must(e.sc.Do(ctx(t), "GET", "/sim/bots", nil, &bots))
 	if len(bots) != 1 || bots[0]["bot_id"] != botID || bots[0]["handle"] != "list_bot" || bots[0]["display_name"] != "Lister" || bots[0]["tier"] != "pro" {
 		t.Fatalf("GET /sim/bots: %v", bots)
 	}
@@ -60,13 +60,11 @@ func TestControlAPIListsAndTranscript(t *testing.T) {
 		t.Fatal("a token leaked into GET /sim/bots")
 	}
 
-	var u1 struct {
-		UserID string `json:"user_id"`
-	}
-	e.must("POST", "/sim/users", map[string]any{"display_name": "Ada", "handle": "ada"}, &u1)
+	u1, err := e.sc.CreateUser(ctx(t), "Ada", "ada")
+	e.must(err)
 	u2 := e.user("Bob")
-	var users []sim.UserView
-	e.must("GET", "/sim/users", nil, &users)
+	users, err := e.sc.Users(ctx(e.t))
+	e.must(err)
 	if len(users) != 2 || users[0] != (sim.UserView{UserID: u1.UserID, DisplayName: "Ada", Handle: "ada"}) {
 		t.Fatalf("GET /sim/users: %+v", users)
 	}
@@ -82,13 +80,14 @@ func TestControlAPIListsAndTranscript(t *testing.T) {
 
 	priv := e.start(u1.UserID, botID)
 	grp := e.group("Pair", []string{u1.UserID, u2}, []string{botID})
-	var chats []sim.ChatView
-	e.must("GET", "/sim/chats?user_id="+u2, nil, &chats)
+	chats, err := e.sc.Chats(ctx(e.t), u2, "")
+	e.must(err)
 	if len(chats) != 1 || chats[0].ChatID != grp || chats[0].Type != "group" || chats[0].Title != "Pair" ||
 		!slices.Equal(chats[0].BotIDs, []string{botID}) || !slices.Equal(chats[0].UserIDs, []string{u1.UserID, u2}) {
 		t.Fatalf("GET /sim/chats?user_id: %+v", chats)
 	}
-	e.must("GET", "/sim/chats?user_id="+u1.UserID, nil, &chats)
+	chats, err = e.sc.Chats(ctx(e.t), u1.UserID, "")
+	e.must(err)
 	if len(chats) != 2 || chats[0].ChatID != priv || chats[0].Status != "member" || !slices.Equal(chats[0].BotIDs, []string{botID}) {
 		t.Fatalf("chats of u1: %+v", chats)
 	}
@@ -100,17 +99,19 @@ func TestControlAPIListsAndTranscript(t *testing.T) {
 	if _, err := e.api.SendMessage(ctx(t), tok, buko.SendMessageParams{ChatID: priv, Text: "third", ReplyToMessageID: m2}); err != nil {
 		t.Fatal(err)
 	}
-	var tr []sim.TranscriptMessage
-	e.must("GET", "/sim/chats/"+priv+"/messages", nil, &tr)
+	tr, err := e.sc.Transcript(ctx(e.t), priv, "")
+	e.must(err)
 	if len(tr) != 3 || tr[0].Text != "/start" || tr[0].FromKind != "user" || tr[0].FromID != u1.UserID || tr[0].Date == 0 ||
 		tr[2].FromKind != "bot" || tr[2].FromID != botID || tr[2].ReplyToMessageID != m2 {
 		t.Fatalf("transcript: %+v", tr)
 	}
-	e.must("GET", "/sim/chats/"+priv+"/messages?after="+m2, nil, &tr)
+	tr, err = e.sc.Transcript(ctx(e.t), priv, m2)
+	e.must(err)
 	if len(tr) != 1 || tr[0].Text != "third" {
 		t.Fatalf("after=%s: %+v", m2, tr)
 	}
-	e.must("GET", "/sim/chats/"+priv+"/messages?after=99", nil, &tr)
+	tr, err = e.sc.Transcript(ctx(e.t), priv, "99")
+	e.must(err)
 	if len(tr) != 0 {
 		t.Fatalf("after=99: %+v", tr)
 	}
@@ -152,7 +153,7 @@ func (e *env) rawGet(path string) string {
 
 func TestStatsCounters(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, nil) // 2 updates created, delivered by getUpdates, confirmed
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{}) // 2 updates created, delivered by getUpdates, confirmed
 	for i := 0; i < 3; i++ {
 		if _, err := e.api.GetMe(ctx(t), tok); err != nil {
 			t.Fatal(err)
@@ -192,7 +193,7 @@ func TestStatsCounters(t *testing.T) {
 
 func TestPatchBot(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	botID, tok := e.bot(map[string]any{"handle": "patch_bot", "tier": "free"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "patch_bot", Tier: "free"})
 	u := e.user("Pam")
 	chat := e.start(u, botID)
 	m, err := e.api.SendMessage(ctx(t), tok, buko.SendMessageParams{ChatID: chat, Text: "v1"})
@@ -201,8 +202,8 @@ func TestPatchBot(t *testing.T) {
 	}
 	_, err = e.api.EditMessageText(ctx(t), tok, buko.EditMessageTextParams{ChatID: chat, MessageID: m.MessageID, Text: "v2"})
 	wantCode(t, err, 403, buko.CodeMethodNotAllowedForTier)
-	var v sim.BotView
-	e.must("PATCH", "/sim/bots/"+botID, map[string]any{"tier": "team", "display_name": "Patched", "gateway_connection_limit": 3, "connection_policy": "replace_oldest"}, &v)
+	v, err := e.sc.PatchBot(ctx(e.t), botID, sim.BotSettings{Tier: "team", DisplayName: "Patched", GatewayConnectionLimit: 3, ConnectionPolicy: "replace_oldest"})
+	e.must(err)
 	if v.Tier != "team" || v.DisplayName != "Patched" || v.GatewayConnectionLimit != 3 || v.ConnectionPolicy != "replace_oldest" {
 		t.Fatalf("PATCH answer: %+v", v)
 	}
@@ -221,8 +222,8 @@ func TestPatchBot(t *testing.T) {
 	if code := e.ctl("PATCH", "/sim/bots/bot_nope", map[string]any{"tier": "pro"}, nil); code != 404 {
 		t.Errorf("PATCH unknown bot: HTTP %d", code)
 	}
-	var cfg sim.ChaosConfig
-	e.must("GET", "/sim/chaos", nil, &cfg)
+	cfg, err := e.sc.Chaos(ctx(e.t))
+	e.must(err)
 	if cfg != (sim.ChaosConfig{}) {
 		t.Errorf("GET /sim/chaos at start: %+v", cfg)
 	}

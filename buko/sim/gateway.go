@@ -52,18 +52,18 @@ type gwConn struct {
 func (s *Server) serveGateway(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		writeError(w, &apiError{status: http.StatusMethodNotAllowed, code: buko.CodeBadRequest, desc: "the Gateway is GET /bot/ws with a WebSocket upgrade"})
+		s.rest.Fail(w, r, &apiError{Status: http.StatusMethodNotAllowed, Code: buko.CodeBadRequest, Message: "the Gateway is GET /bot/ws with a WebSocket upgrade"})
 		return
 	}
 	b, sum, _, aerr := s.authenticate(r)
 	if aerr != nil {
 		s.stats.gatewayUnauthorized.Add(1)
-		writeError(w, aerr)
+		s.rest.Fail(w, r, aerr)
 		return
 	}
 	c := &gwConn{s: s, b: b}
 	if aerr := s.reserveSlot(c, sum); aerr != nil {
-		writeError(w, aerr)
+		s.rest.Fail(w, r, aerr)
 		return
 	}
 	handedOff := false
@@ -131,7 +131,7 @@ func (s *Server) reserveSlot(c *gwConn, tokenHash [32]byte) *apiError {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
-		return &apiError{status: http.StatusServiceUnavailable, code: buko.CodeInternal, desc: "the simulator is shutting down"}
+		return &apiError{Status: http.StatusServiceUnavailable, Code: buko.CodeInternal, Message: "the simulator is shutting down"}
 	}
 	if b.tokenHash != tokenHash { // rotated since authenticate: the old token fails at once
 		s.stats.gatewayUnauthorized.Add(1)
@@ -147,8 +147,8 @@ func (s *Server) reserveSlot(c *gwConn, tokenHash [32]byte) *apiError {
 	if len(b.conns) >= prof.connLimit {
 		if prof.policy != PolicyReplaceOldest {
 			s.stats.gatewayRejectedLimit.Add(1)
-			return &apiError{status: http.StatusConflict, code: buko.CodeGatewayConnectionLimit,
-				desc: "the bot already has its gateway_connection_limit of open Gateway connections"}
+			return &apiError{Status: http.StatusConflict, Code: buko.CodeGatewayConnectionLimit,
+				Message: "the bot already has its gateway_connection_limit of open Gateway connections"}
 		}
 		for len(b.conns) >= prof.connLimit && len(b.conns) > 0 {
 			b.conns[0].closeLocked(closeReplaced, "replaced by a newer connection")

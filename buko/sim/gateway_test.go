@@ -20,7 +20,7 @@ import (
 
 // chatWithBot makes a bot, a user and a started private chat, and drains
 // the start updates.
-func chatWithBot(e *env, fields map[string]any) (botID string, tok token, userID, chatID string) {
+func chatWithBot(e *env, fields sim.BotSettings) (botID string, tok token, userID, chatID string) {
 	e.t.Helper()
 	botID, tok = e.bot(fields)
 	userID = e.user("Gail")
@@ -31,7 +31,7 @@ func chatWithBot(e *env, fields map[string]any) (botID string, tok token, userID
 
 func TestGatewayDeliveryAckAndRedelivery(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, nil)
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 	base := e.stats() // the start updates, delivered and confirmed by polling
 	for i := 1; i <= 3; i++ {
 		e.say(chat, u, "m"+strconv.Itoa(i))
@@ -73,7 +73,7 @@ func TestGatewayDeliveryAckAndRedelivery(t *testing.T) {
 
 func TestGatewayWindowOf100(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, nil)
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 	base := e.stats()
 	for i := 1; i <= 150; i++ {
 		e.say(chat, u, "w"+strconv.Itoa(i))
@@ -101,7 +101,7 @@ func TestGatewayWindowOf100(t *testing.T) {
 
 func TestGatewayAckForUnknownIDIgnored(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, nil)
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 	base := e.stats()
 	e.say(chat, u, "only")
 	ws := e.connect(tok)
@@ -124,7 +124,7 @@ func TestGatewayAckForUnknownIDIgnored(t *testing.T) {
 
 func TestGatewayBadFrames(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, _, _ := chatWithBot(e, nil)
+	_, tok, _, _ := chatWithBot(e, sim.BotSettings{})
 	for name, frame := range map[string]string{
 		"not json":        "garbage",
 		"no type":         `{"update_id":"1"}`,
@@ -157,7 +157,7 @@ func TestGatewayBadFrames(t *testing.T) {
 
 func TestGatewayActiveBlocksPolling(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, nil)
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 	base := e.stats()
 	ws := e.connect(tok)
 	_, err := e.api.GetUpdates(ctx(t), tok, buko.GetUpdatesParams{})
@@ -182,16 +182,15 @@ func TestGatewayActiveBlocksPolling(t *testing.T) {
 
 func TestGatewayTokenRotation(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	botID, tok, u, chat := chatWithBot(e, nil)
+	botID, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 	ws := e.connect(tok)
-	var rot struct {
-		Token string `json:"token"`
-	}
-	e.must("POST", "/sim/bots/"+botID+"/rotate-token", nil, &rot)
+	rotated, err := e.sc.RotateToken(ctx(t), botID)
+	e.must(err)
+	rot := struct{ Token string }{rotated}
 	if code := ws.closed(); code != buko.CloseTokenRevoked {
 		t.Fatalf("close code %d, want 4001", code)
 	}
-	_, err := e.api.GetMe(ctx(t), tok)
+	_, err = e.api.GetMe(ctx(t), tok)
 	wantCode(t, err, 401, buko.CodeUnauthorized)
 	if _, resp, err := e.dial(tok); err == nil || resp == nil || resp.StatusCode != 401 {
 		t.Fatalf("dial with the old token: %v", err)
@@ -212,7 +211,7 @@ func TestGatewayTokenRotation(t *testing.T) {
 
 func TestGatewayPingPong(t *testing.T) {
 	e := newEnv(t, sim.Options{PingInterval: 30 * time.Millisecond})
-	_, tok, _, _ := chatWithBot(e, nil)
+	_, tok, _, _ := chatWithBot(e, sim.BotSettings{})
 
 	// A client that answers stays through many pings.
 	ws := e.connect(tok)
@@ -242,7 +241,7 @@ func TestGatewayPingPong(t *testing.T) {
 func TestGatewayAuthAndAttemptLimit(t *testing.T) {
 	clock := newFakeClock(time.Date(2026, 3, 1, 12, 0, 10, 0, time.UTC))
 	e := newEnv(t, sim.Options{Now: clock.Now, GatewayAttemptsPerMinute: 3})
-	_, tok, _, _ := chatWithBot(e, nil)
+	_, tok, _, _ := chatWithBot(e, sim.BotSettings{})
 
 	for name, tk := range map[string]token{"missing": "", "unknown": "bot_unknown"} {
 		_, resp, err := e.dial(tk)
@@ -278,7 +277,7 @@ func TestGatewayAuthAndAttemptLimit(t *testing.T) {
 
 func TestConnectionLimitRejectNew(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, _, _ := chatWithBot(e, nil)
+	_, tok, _, _ := chatWithBot(e, sim.BotSettings{})
 	ws := e.connect(tok)
 	_, resp, err := e.dial(tok)
 	if err == nil || resp == nil || resp.StatusCode != 409 {
@@ -293,7 +292,7 @@ func TestConnectionLimitRejectNew(t *testing.T) {
 	e.connect(tok)
 
 	// Limit 2: two sockets, both get every update; the third is refused.
-	_, tok2, u, chat := chatWithBot(e, map[string]any{"gateway_connection_limit": 2})
+	_, tok2, u, chat := chatWithBot(e, sim.BotSettings{GatewayConnectionLimit: 2})
 	a, b := e.connect(tok2), e.connect(tok2)
 	if _, resp, err := e.dial(tok2); err == nil || resp.StatusCode != 409 {
 		t.Fatalf("third socket at limit 2: %v", err)
@@ -309,7 +308,7 @@ func TestConnectionLimitRejectNew(t *testing.T) {
 
 func TestConnectionLimitReplaceOldest(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, map[string]any{"connection_policy": "replace_oldest"})
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{ConnectionPolicy: "replace_oldest"})
 	e.say(chat, u, "early")
 	old := e.connect(tok)
 	if old.update().Message.Text != "early" {
@@ -333,7 +332,7 @@ func TestConnectionLimitReplaceOldest(t *testing.T) {
 
 func TestCloseGoingAway(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, _, _ := chatWithBot(e, nil)
+	_, tok, _, _ := chatWithBot(e, sim.BotSettings{})
 	ws := e.connect(tok)
 	done := make(chan struct{})
 	go func() { e.sim.Close(); close(done) }()
@@ -348,7 +347,7 @@ func TestCloseGoingAway(t *testing.T) {
 
 func TestPollingCursor(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	_, tok, u, chat := chatWithBot(e, nil)
+	_, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 	for i := 1; i <= 3; i++ {
 		e.say(chat, u, fmt.Sprint("p", i))
 	}
@@ -394,8 +393,8 @@ func TestPollingCursor(t *testing.T) {
 	}()
 	// Wait until the poll has confirmed p4, then post.
 	eventually(t, "long poll started", func() bool {
-		var bv sim.BotView
-		e.must("GET", "/sim/bots/"+e.firstBot(), nil, &bv)
+		bv, err := e.sc.Bot(ctx(e.t), e.firstBot())
+		e.must(err)
 		return bv.PendingUpdates == 0
 	})
 	e.say(chat, u, "p5")
@@ -430,8 +429,8 @@ func TestPollingCursor(t *testing.T) {
 
 func (e *env) firstBot() string {
 	e.t.Helper()
-	var bots []sim.BotView
-	e.must("GET", "/sim/bots", nil, &bots)
+	bots, err := e.sc.Bots(ctx(e.t))
+	e.must(err)
 	return bots[0].BotID
 }
 
@@ -444,9 +443,10 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	e := &env{t: t, sim: s, srv: srv, botOf: map[token]string{}}
 	e.api = buko.NewClient(srv.URL, srv.Client())
 	e.wsURL = e.api.GatewayURL()
+	e.sc = sim.NewControl(srv.URL, sim.ControlOptions{HTTPClient: srv.Client()})
 	var clients []*wsClient
 	for i := 0; i < 5; i++ {
-		_, tok, u, chat := chatWithBot(e, nil)
+		_, tok, u, chat := chatWithBot(e, sim.BotSettings{})
 		e.say(chat, u, "hi")
 		ws := e.connect(tok)
 		ws.update()

@@ -3,7 +3,6 @@ package sim_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -61,6 +60,7 @@ type env struct {
 	api   *buko.Client
 	wsURL string
 	admin string
+	sc    *sim.Control // the control API
 
 	mu    sync.Mutex
 	botOf map[token]string // token → bot id, for waiting on socket counts
@@ -73,6 +73,7 @@ func newEnv(t testing.TB, opts sim.Options) *env {
 	e := &env{t: t, sim: s, srv: srv, admin: opts.AdminToken, botOf: make(map[token]string)}
 	e.api = buko.NewClient(srv.URL, srv.Client())
 	e.wsURL = e.api.GatewayURL()
+	e.sc = sim.NewControl(srv.URL, sim.ControlOptions{AdminToken: opts.AdminToken, HTTPClient: srv.Client()})
 	t.Cleanup(func() {
 		s.Close()
 		srv.Close()
@@ -90,62 +91,35 @@ func ctxWithTimeout() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), wait)
 }
 
-// ctl calls the control API and decodes the answer into out (if not nil).
+// ctl sends one control-API request through the typed client's Do (for
+// the tests of the API's own validation, which send what the typed methods
+// cannot) and returns the HTTP status; out (if not nil) receives a 200's answer.
 func (e *env) ctl(method, path string, body, out any) int {
 	e.t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			e.t.Fatalf("encoding %s %s: %v", method, path, err)
-		}
-		rd = bytes.NewReader(b)
+	err := e.sc.Do(ctx(e.t), method, path, body, out)
+	var ce *sim.ControlError
+	switch {
+	case err == nil:
+		return http.StatusOK
+	case errors.As(err, &ce):
+		return ce.Status
 	}
-	req, err := http.NewRequestWithContext(ctx(e.t), method, e.srv.URL+path, rd)
-	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if e.admin != "" {
-		req.Header.Set("Authorization", "Bearer "+e.admin)
-	}
-	resp, err := e.srv.Client().Do(req)
-	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		e.t.Fatalf("%s %s: reading: %v", method, path, err)
-	}
-	if out != nil && resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(data, out); err != nil {
-			e.t.Fatalf("%s %s: decoding %q: %v", method, path, data, err)
-		}
-	}
-	return resp.StatusCode
+	e.t.Fatal(err)
+	return 0
 }
 
-// must calls the control API and fails the test unless it answers 200.
-func (e *env) must(method, path string, body, out any) {
+// must fails the test on a control-API error.
+func (e *env) must(err error) {
 	e.t.Helper()
-	if code := e.ctl(method, path, body, out); code != http.StatusOK {
-		e.t.Fatalf("%s %s: HTTP %d", method, path, code)
+	if err != nil {
+		e.t.Fatal(err)
 	}
 }
 
-type createdBot struct {
-	BotID  string `json:"bot_id"`
-	Handle string `json:"handle"`
-	Token  string `json:"token"`
-}
-
-func (e *env) bot(fields map[string]any) (string, token) {
+func (e *env) bot(s sim.BotSettings) (string, token) {
 	e.t.Helper()
-	var out createdBot
-	e.must("POST", "/sim/bots", fields, &out)
+	out, err := e.sc.CreateBot(ctx(e.t), s)
+	e.must(err)
 	if out.BotID == "" || !strings.HasPrefix(out.Token, "bot_") {
 		e.t.Fatalf("POST /sim/bots: unexpected answer %+v", out.BotID)
 	}
@@ -157,50 +131,60 @@ func (e *env) bot(fields map[string]any) (string, token) {
 
 func (e *env) user(name string) string {
 	e.t.Helper()
-	var out struct {
-		UserID string `json:"user_id"`
-	}
-	e.must("POST", "/sim/users", map[string]any{"display_name": name}, &out)
+	out, err := e.sc.CreateUser(ctx(e.t), name, "")
+	e.must(err)
 	return out.UserID
 }
 
 func (e *env) start(userID, botID string) string {
 	e.t.Helper()
-	var out struct {
-		ChatID string `json:"chat_id"`
-	}
-	e.must("POST", "/sim/chats/private", map[string]any{"user_id": userID, "bot_id": botID}, &out)
+	out, err := e.sc.OpenPrivateChat(ctx(e.t), userID, botID)
+	e.must(err)
 	return out.ChatID
 }
 
 func (e *env) group(title string, userIDs, botIDs []string) string {
 	e.t.Helper()
-	var out struct {
-		ChatID string `json:"chat_id"`
-	}
-	e.must("POST", "/sim/chats/group", map[string]any{"title": title, "user_ids": userIDs, "bot_ids": botIDs}, &out)
-	return out.ChatID
+	id, err := e.sc.CreateGroup(ctx(e.t), title, userIDs, botIDs)
+	e.must(err)
+	return id
 }
 
 func (e *env) say(chatID, userID, text string, replyTo ...string) string {
 	e.t.Helper()
-	body := map[string]any{"user_id": userID, "text": text}
+	p := sim.Post{UserID: userID, Text: text}
 	if len(replyTo) > 0 {
-		body["reply_to_message_id"] = replyTo[0]
+		p.ReplyToMessageID = replyTo[0]
 	}
-	var out struct {
-		MessageID string `json:"message_id"`
-	}
-	e.must("POST", "/sim/chats/"+chatID+"/messages", body, &out)
-	return out.MessageID
+	id, err := e.sc.PostMessage(ctx(e.t), chatID, p)
+	e.must(err)
+	return id
 }
 
 func (e *env) stats() sim.Stats {
 	e.t.Helper()
-	var st sim.Stats
-	e.must("GET", "/sim/stats", nil, &st)
+	st, err := e.sc.Stats(ctx(e.t))
+	e.must(err)
 	return st
 }
+
+// transcript is the chat's messages after the message id after ("": all).
+func (e *env) transcript(chatID, after string) []sim.TranscriptMessage {
+	e.t.Helper()
+	tr, err := e.sc.Transcript(ctx(e.t), chatID, after)
+	e.must(err)
+	return tr
+}
+
+// chaos sets the simulator's fault injection.
+func (e *env) chaos(cfg sim.ChaosConfig) sim.ChaosConfig {
+	e.t.Helper()
+	out, err := e.sc.SetChaos(ctx(e.t), cfg)
+	e.must(err)
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // poll drains the bot's pending updates with getUpdates (timeout 0) and
 // confirms them.
@@ -446,8 +430,8 @@ func (w *wsClient) close() {
 
 func (e *env) openSockets(botID string) int {
 	e.t.Helper()
-	var v sim.BotView
-	e.must("GET", "/sim/bots/"+botID, nil, &v)
+	v, err := e.sc.Bot(ctx(e.t), botID)
+	e.must(err)
 	return v.GatewayOpen
 }
 
@@ -481,3 +465,6 @@ func strictlyIncreasing(t testing.TB, list []buko.UpdateID) {
 		}
 	}
 }
+
+// errOf is the error of a call whose value the test does not need.
+func errOf[T any](_ T, err error) error { return err }

@@ -15,11 +15,11 @@ import (
 // caption is at most 20,000 bytes of UTF-8).
 const maxFormField = 64 << 10
 
-func (s *Server) sendPhoto(c *call) (any, *apiError) {
+func (s *Server) sendPhoto(c *call) (any, error) {
 	return s.sendMedia(c, "photo", buko.MaxPhotoBytes)
 }
 
-func (s *Server) sendDocument(c *call) (any, *apiError) {
+func (s *Server) sendDocument(c *call) (any, error) {
 	return s.sendMedia(c, "document", buko.MaxDocumentSize)
 }
 
@@ -33,8 +33,8 @@ type upload struct {
 }
 
 func tooLarge(field string, limit int64) *apiError {
-	return &apiError{status: http.StatusRequestEntityTooLarge, code: buko.CodePayloadTooLarge,
-		desc: fmt.Sprintf("%s is larger than %d bytes", field, limit)}
+	return &apiError{Status: http.StatusRequestEntityTooLarge, Code: buko.CodePayloadTooLarge,
+		Message: fmt.Sprintf("%s is larger than %d bytes", field, limit)}
 }
 
 // readUpload reads the multipart form of a media method. Remote URL fields
@@ -122,7 +122,7 @@ func methodOf(field string) string {
 // sendMedia posts a photo or a document. A photo must be declared with an
 // image/* type (the declared type is what counts; the bytes are not sniffed);
 // a document keeps its declared type, or application/octet-stream.
-func (s *Server) sendMedia(c *call, field string, limit int64) (any, *apiError) {
+func (s *Server) sendMedia(c *call, field string, limit int64) (any, error) {
 	if aerr := s.takeQuota(c, msgQuota, c.lim.msgPerMin, c.lim.msgPerDay, "message"); aerr != nil {
 		return nil, aerr
 	}

@@ -11,7 +11,7 @@ import (
 func TestQuotaMessagesPerMinuteAndDay(t *testing.T) {
 	clock := newFakeClock(time.Date(2026, 3, 1, 10, 0, 10, 0, time.UTC))
 	e := newEnv(t, sim.Options{Now: clock.Now})
-	botID, tok := e.bot(map[string]any{"handle": "quota_bot", "tier": "free"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "quota_bot", Tier: "free"})
 	u := e.user("Quinn")
 	chat := e.start(u, botID)
 	send := func() error {
@@ -74,7 +74,7 @@ func TestQuotaMessagesPerMinuteAndDay(t *testing.T) {
 func TestQuotaPollsAndChatActions(t *testing.T) {
 	clock := newFakeClock(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC))
 	e := newEnv(t, sim.Options{Now: clock.Now})
-	botID, tok := e.bot(map[string]any{"handle": "poll_bot", "tier": "pro"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "poll_bot", Tier: "pro"})
 	u := e.user("Pat")
 	chat := e.start(u, botID)
 	// Pro: 60 polls per minute.

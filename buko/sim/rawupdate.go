@@ -18,24 +18,21 @@ const rawIDPlaceholder = "$ID"
 // text, with every $ID replaced by the update's id (digits only), as the
 // "update" of a Gateway frame and as a getUpdates item, byte for byte. The
 // answer is {"update_id": "<id>"}.
-func (s *Server) ctlRawUpdate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ctlRawUpdate(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req struct {
 		Raw string `json:"raw"`
 	}
 	if e := readJSON(w, r, false, &req); e != nil {
-		writeError(w, e)
-		return
+		return nil, e
 	}
 	if req.Raw == "" || len(req.Raw) > 1<<20 {
-		writeError(w, errBadRequest("raw must hold 1 byte to 1 MiB"))
-		return
+		return nil, errBadRequest("raw must hold 1 byte to 1 MiB")
 	}
 	s.mu.RLock()
 	b := s.state.bots[r.PathValue("bot_id")]
 	s.mu.RUnlock()
 	if b == nil {
-		writeError(w, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40)))
-		return
+		return nil, errNotFound("no bot %q", sanitize(r.PathValue("bot_id"), 40))
 	}
 	b.mu.Lock()
 	id := strconv.FormatUint(b.nextIDLocked(), 10)
@@ -49,5 +46,5 @@ func (s *Server) ctlRawUpdate(w http.ResponseWriter, r *http.Request) {
 	}
 	b.wakePollsLocked()
 	b.mu.Unlock()
-	writeJSON(w, http.StatusOK, map[string]string{"update_id": id})
+	return map[string]string{"update_id": id}, nil
 }

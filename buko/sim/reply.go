@@ -7,53 +7,49 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"strconv"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/rs/zerolog"
+
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/httpapi"
 )
 
-// apiError is a refused call, answered with the Bot API error envelope. The
-// control API uses the same envelope.
-type apiError struct {
-	status     int
-	code       string
-	desc       string
-	retryAfter int // seconds; 0 = none
-}
-
-func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.status, e.code, e.desc) }
+// apiError is a refused call: the project's one typed API error
+// (httpapi.Error), answered with the Bot API error envelope. The control API
+// uses the same envelope.
+type apiError = httpapi.Error
 
 func errBadRequest(format string, args ...any) *apiError {
-	return &apiError{status: http.StatusBadRequest, code: buko.CodeBadRequest, desc: fmt.Sprintf(format, args...)}
+	return &apiError{Status: http.StatusBadRequest, Code: buko.CodeBadRequest, Message: fmt.Sprintf(format, args...)}
 }
 
 func errUnauthorized(desc string) *apiError {
-	return &apiError{status: http.StatusUnauthorized, code: buko.CodeUnauthorized, desc: desc}
+	return &apiError{Status: http.StatusUnauthorized, Code: buko.CodeUnauthorized, Message: desc}
 }
 
 func errNotFound(format string, args ...any) *apiError {
-	return &apiError{status: http.StatusNotFound, code: "NOT_FOUND", desc: fmt.Sprintf(format, args...)}
+	return &apiError{Status: http.StatusNotFound, Code: "NOT_FOUND", Message: fmt.Sprintf(format, args...)}
 }
 
 func errConflict(format string, args ...any) *apiError {
-	return &apiError{status: http.StatusConflict, code: "CONFLICT", desc: fmt.Sprintf(format, args...)}
+	return &apiError{Status: http.StatusConflict, Code: "CONFLICT", Message: fmt.Sprintf(format, args...)}
 }
 
 func errForbidden(code, desc string) *apiError {
-	return &apiError{status: http.StatusForbidden, code: code, desc: desc}
+	return &apiError{Status: http.StatusForbidden, Code: code, Message: desc}
 }
 
 func errRateLimited(retryAfter int, desc string) *apiError {
 	if retryAfter < 1 {
 		retryAfter = 1
 	}
-	return &apiError{status: http.StatusTooManyRequests, code: buko.CodeRateLimited, desc: desc, retryAfter: retryAfter}
+	return &apiError{Status: http.StatusTooManyRequests, Code: buko.CodeRateLimited, Message: desc, RetryAfter: retryAfter}
 }
 
 func errInternal(desc string) *apiError {
-	return &apiError{status: http.StatusInternalServerError, code: buko.CodeInternal, desc: desc}
+	return &apiError{Status: http.StatusInternalServerError, Code: buko.CodeInternal, Message: desc}
 }
 
 // envelope is the Bot API answer: {"ok":true,"result":…} or the error fields,
@@ -67,32 +63,24 @@ type envelope struct {
 	RetryAfter  int    `json:"retry_after,omitempty"`
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		status = http.StatusInternalServerError
-		b = []byte(`{"ok":false,"error_code":500,"code":"INTERNAL","description":"encoding the answer failed"}`)
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("Content-Length", strconv.Itoa(len(b)+1))
-	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+// errorEnvelope is the body of a refused call, on both APIs.
+func errorEnvelope(e *apiError) any {
+	return envelope{OK: false, ErrorCode: e.Status, Code: e.Code, Description: e.Message, RetryAfter: e.RetryAfter}
 }
 
-// writeResult answers a Bot API call with ok:true.
-func writeResult(w http.ResponseWriter, result any) {
-	writeJSON(w, http.StatusOK, envelope{OK: true, Result: result})
-}
-
-// writeError answers with the error envelope, and the Retry-After header
-// when the error carries retry_after.
-func writeError(w http.ResponseWriter, e *apiError) {
-	if e.retryAfter > 0 {
-		w.Header().Set("Retry-After", strconv.Itoa(e.retryAfter))
+// newWire returns the simulator's two JSON APIs: the Bot API, whose answers
+// are wrapped in {"ok":true,"result":…}, and the control API, whose answers
+// are bare JSON. Both refuse with the Bot API error envelope (and a
+// Retry-After header when the error carries retry_after).
+func newWire(log zerolog.Logger) (rest, control *httpapi.API) {
+	internal := func(r *http.Request, err error) *apiError {
+		log.Warn().Err(err).Str("path", r.URL.Path).Msg("sim: request failed")
+		return errInternal("internal error")
 	}
-	writeJSON(w, e.status, envelope{OK: false, ErrorCode: e.status, Code: e.code, Description: e.desc, RetryAfter: e.retryAfter})
+	rest = &httpapi.API{ContentType: "application/json", ErrorBody: errorEnvelope, Internal: internal,
+		Wrap: func(v any) any { return envelope{OK: true, Result: v} }}
+	control = &httpapi.API{ContentType: "application/json", ErrorBody: errorEnvelope, Internal: internal}
+	return rest, control
 }
 
 // maxJSONBody bounds the body of every JSON request (Bot API and control API).
@@ -108,8 +96,8 @@ func readJSON(w http.ResponseWriter, r *http.Request, strictType bool, v any) *a
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return &apiError{status: http.StatusRequestEntityTooLarge, code: buko.CodePayloadTooLarge,
-				desc: fmt.Sprintf("a JSON body may have at most %d bytes", maxJSONBody)}
+			return &apiError{Status: http.StatusRequestEntityTooLarge, Code: buko.CodePayloadTooLarge,
+				Message: fmt.Sprintf("a JSON body may have at most %d bytes", maxJSONBody)}
 		}
 		return errBadRequest("reading the body: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/httpapi"
 )
 
 // authenticate finds the bot of "Authorization: Bot <token>" and returns the
@@ -43,22 +44,24 @@ type call struct {
 // serveREST answers POST /bot/<method>: auth, chaos, the method (quota first,
 // then validation, then the chat checks), chaos again for a lost response.
 func (s *Server) serveREST(w http.ResponseWriter, r *http.Request) {
+	result, err := s.restCall(w, r)
+	s.rest.Answer(w, r, result, err)
+}
+
+func (s *Server) restCall(w http.ResponseWriter, r *http.Request) (any, error) {
 	method := strings.TrimPrefix(r.URL.Path, "/bot/")
 	handler := s.restHandler(method)
 	if handler == nil {
-		writeError(w, errNotFound("unknown method %q", sanitize(method, 40)))
-		return
+		return nil, errNotFound("unknown method %q", sanitize(method, 40))
 	}
 	s.stats.restCalls[method].Add(1)
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		writeError(w, &apiError{status: http.StatusMethodNotAllowed, code: buko.CodeBadRequest, desc: "Bot API methods are called with POST"})
-		return
+		return nil, &apiError{Status: http.StatusMethodNotAllowed, Code: buko.CodeBadRequest, Message: "Bot API methods are called with POST"}
 	}
 	b, _, prof, aerr := s.authenticate(r)
 	if aerr != nil {
-		writeError(w, aerr)
-		return
+		return nil, aerr
 	}
 	lim, _ := limitsFor(prof.tier)
 	fault := s.chaos.restCall()
@@ -68,33 +71,28 @@ func (s *Server) serveREST(w http.ResponseWriter, r *http.Request) {
 		case <-t.C:
 		case <-r.Context().Done():
 			t.Stop()
-			return
+			return httpapi.Written, nil
 		}
 	}
 	switch {
 	case fault.fail5xx:
 		s.stats.chaos5xx.Add(1)
-		writeError(w, errInternal("temporary failure (injected by chaos)"))
-		return
+		return nil, errInternal("temporary failure (injected by chaos)")
 	case fault.fail429:
 		s.stats.chaos429.Add(1)
-		writeError(w, errRateLimited(1, "rate limited (injected by chaos)"))
-		return
+		return nil, errRateLimited(1, "rate limited (injected by chaos)")
 	}
-	result, aerr := handler(&call{w: w, r: r, b: b, prof: prof, lim: lim})
+	result, err := handler(&call{w: w, r: r, b: b, prof: prof, lim: lim})
 	if fault.responseLost {
 		// The call took effect; the client never learns it.
 		s.stats.chaosResponseLost.Add(1)
 		panic(http.ErrAbortHandler)
 	}
-	if aerr != nil {
-		writeError(w, aerr)
-		return
-	}
-	writeResult(w, result)
+	return result, err
 }
 
-type restFunc func(*call) (any, *apiError)
+// restFunc is one Bot API method: the result, or an error (an *apiError).
+type restFunc func(*call) (any, error)
 
 func (s *Server) restHandler(method string) restFunc {
 	switch method {
@@ -134,7 +132,7 @@ func msgQuota(b *bot) *window    { return &b.msgQuota }
 func pollQuota(b *bot) *window   { return &b.pollQuota }
 func actionQuota(b *bot) *window { return &b.actionQuota }
 
-func (s *Server) getMe(c *call) (any, *apiError) {
+func (s *Server) getMe(c *call) (any, error) {
 	if aerr := readJSON(c.w, c.r, true, &struct{}{}); aerr != nil {
 		return nil, aerr
 	}
@@ -163,7 +161,7 @@ func (s *Server) chatForBotLocked(b *bot, chatID string) (*chat, *apiError) {
 	}
 	ch := s.state.chats[chatID]
 	if ch == nil || ch.typ == buko.ChatPrivate && ch.bot != b {
-		return nil, &apiError{status: http.StatusNotFound, code: buko.CodeChatNotFound, desc: "chat not found"}
+		return nil, &apiError{Status: http.StatusNotFound, Code: buko.CodeChatNotFound, Message: "chat not found"}
 	}
 	if ch.typ == buko.ChatPrivate {
 		switch ch.status {
@@ -211,7 +209,7 @@ type sendMessageReq struct {
 	ParseMode        string `json:"parse_mode"`
 }
 
-func (s *Server) sendMessage(c *call) (any, *apiError) {
+func (s *Server) sendMessage(c *call) (any, error) {
 	if aerr := s.takeQuota(c, msgQuota, c.lim.msgPerMin, c.lim.msgPerDay, "message"); aerr != nil {
 		return nil, aerr
 	}
@@ -249,7 +247,7 @@ type chatActionReq struct {
 // chatActionTTL is how long a chat action shows (Telegram's 5 s).
 const chatActionTTL = 5 * time.Second
 
-func (s *Server) sendChatAction(c *call) (any, *apiError) {
+func (s *Server) sendChatAction(c *call) (any, error) {
 	if aerr := s.takeQuota(c, actionQuota, c.lim.actionPerMin, 0, "chat action"); aerr != nil {
 		return nil, aerr
 	}
@@ -306,7 +304,7 @@ func tierRefusal(c *call) *apiError {
 	return errForbidden(buko.CodeMethodNotAllowedForTier, "The bot's quota tier ("+c.prof.tier+") does not allow editing or deleting messages.")
 }
 
-func (s *Server) editMessageText(c *call) (any, *apiError) {
+func (s *Server) editMessageText(c *call) (any, error) {
 	if aerr := tierRefusal(c); aerr != nil {
 		return nil, aerr
 	}
@@ -342,7 +340,7 @@ type deleteReq struct {
 	MessageID string `json:"message_id"`
 }
 
-func (s *Server) deleteMessage(c *call) (any, *apiError) {
+func (s *Server) deleteMessage(c *call) (any, error) {
 	if aerr := tierRefusal(c); aerr != nil {
 		return nil, aerr
 	}
@@ -376,13 +374,13 @@ type getUpdatesReq struct {
 	Timeout *int          `json:"timeout"`
 }
 
-func (s *Server) getUpdates(c *call) (any, *apiError) {
+func (s *Server) getUpdates(c *call) (any, error) {
 	c.b.mu.Lock()
 	active := len(c.b.conns) > 0
 	c.b.mu.Unlock()
 	if active {
-		return nil, &apiError{status: http.StatusConflict, code: buko.CodeGatewayActive,
-			desc: "getUpdates is not available while the bot has an open Gateway connection"}
+		return nil, &apiError{Status: http.StatusConflict, Code: buko.CodeGatewayActive,
+			Message: "getUpdates is not available while the bot has an open Gateway connection"}
 	}
 	if aerr := s.takeQuota(c, pollQuota, c.lim.pollPerMin, c.lim.pollPerDay, "poll"); aerr != nil {
 		return nil, aerr

@@ -14,7 +14,7 @@ import (
 
 func TestGetMeAndAuth(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	botID, tok := e.bot(map[string]any{"handle": "echo_bot", "display_name": "Echo"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "echo_bot", DisplayName: "Echo"})
 	me, err := e.api.GetMe(ctx(t), tok)
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +24,7 @@ func TestGetMeAndAuth(t *testing.T) {
 		!me.Capabilities.EditDeleteMessages || me.Status != "active" {
 		t.Fatalf("getMe: %+v", me)
 	}
-	_, free := e.bot(map[string]any{"handle": "free_bot", "tier": "free", "official": false})
+	_, free := e.bot(sim.BotSettings{Handle: "free_bot", Tier: "free", Official: new(bool)})
 	me, err = e.api.GetMe(ctx(t), free)
 	if err != nil {
 		t.Fatal(err)
@@ -67,8 +67,8 @@ func TestGetMeAndAuth(t *testing.T) {
 
 func TestStartFlowAndScopedIDs(t *testing.T) {
 	e := newEnv(t, sim.Options{Seed: 42})
-	a, tokA := e.bot(map[string]any{"handle": "alpha_bot"})
-	b, tokB := e.bot(map[string]any{"handle": "beta_bot"})
+	a, tokA := e.bot(sim.BotSettings{Handle: "alpha_bot"})
+	b, tokB := e.bot(sim.BotSettings{Handle: "beta_bot"})
 	alice := e.user("Alice")
 	chatA := e.start(alice, a)
 	chatB := e.start(alice, b)
@@ -119,8 +119,8 @@ func TestStartFlowAndScopedIDs(t *testing.T) {
 
 func TestSendMessageValidation(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	botID, tok := e.bot(map[string]any{"handle": "val_bot"})
-	other, _ := e.bot(map[string]any{"handle": "other_bot"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "val_bot"})
+	other, _ := e.bot(sim.BotSettings{Handle: "other_bot"})
 	u := e.user("Val")
 	chat := e.start(u, botID)
 	otherChat := e.start(u, other)
@@ -162,8 +162,8 @@ func TestSendMessageValidation(t *testing.T) {
 		t.Fatalf("sendMessage result: %+v", msg)
 	}
 
-	var tr []sim.TranscriptMessage
-	e.must("GET", "/sim/chats/"+chat+"/messages", nil, &tr)
+	tr, err := e.sc.Transcript(ctx(e.t), chat, "")
+	e.must(err)
 	last := tr[len(tr)-1]
 	if last.FromKind != "bot" || last.FromID != botID || last.Text != "answer" || last.ReplyToMessageID != userMsg {
 		t.Fatalf("transcript: %+v", last)
@@ -175,8 +175,8 @@ func TestSendMessageValidation(t *testing.T) {
 
 func TestChatAccessErrors(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	a, tokA := e.bot(map[string]any{"handle": "acc_a"})
-	b, _ := e.bot(map[string]any{"handle": "acc_b"})
+	a, tokA := e.bot(sim.BotSettings{Handle: "acc_a"})
+	b, _ := e.bot(sim.BotSettings{Handle: "acc_b"})
 	u := e.user("Ann")
 	chatA := e.start(u, a)
 	chatB := e.start(u, b)
@@ -193,14 +193,14 @@ func TestChatAccessErrors(t *testing.T) {
 	wantCode(t, e.api.SendChatAction(ctx(t), tokA, grp, "typing"), 403, buko.CodeChatForbidden)
 
 	// Stop → CHAT_FORBIDDEN; block → BOT_BLOCKED; start again → fine.
-	e.must("POST", "/sim/chats/"+chatA+"/stop", map[string]any{"user_id": u}, nil)
+	e.must(e.sc.Stop(ctx(e.t), chatA, u))
 	wantCode(t, send(chatA), 403, buko.CodeChatForbidden)
 	e.start(u, a)
 	if err := send(chatA); err != nil {
 		t.Fatal(err)
 	}
 	e.poll(tokA)
-	e.must("POST", "/sim/chats/"+chatA+"/block", map[string]any{"user_id": u}, nil)
+	e.must(e.sc.Block(ctx(e.t), chatA, u))
 	wantCode(t, send(chatA), 403, buko.CodeBotBlocked)
 	wantCode(t, e.api.SendChatAction(ctx(t), tokA, chatA, "typing"), 403, buko.CodeBotBlocked)
 	ups := e.poll(tokA)
@@ -224,9 +224,9 @@ func TestChatAccessErrors(t *testing.T) {
 
 func TestEditAndDelete(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	official, tok := e.bot(map[string]any{"handle": "ed_bot"})
-	free, freeTok := e.bot(map[string]any{"handle": "ed_free", "tier": "free"})
-	other, otherTok := e.bot(map[string]any{"handle": "ed_other"})
+	official, tok := e.bot(sim.BotSettings{Handle: "ed_bot"})
+	free, freeTok := e.bot(sim.BotSettings{Handle: "ed_free", Tier: "free"})
+	other, otherTok := e.bot(sim.BotSettings{Handle: "ed_other"})
 	u := e.user("Eve")
 	chat := e.start(u, official)
 	freeChat := e.start(u, free)
@@ -272,8 +272,8 @@ func TestEditAndDelete(t *testing.T) {
 	if err := e.api.DeleteMessage(ctx(t), tok, chat, m.MessageID); err != nil {
 		t.Fatal(err)
 	}
-	var tr []sim.TranscriptMessage
-	e.must("GET", "/sim/chats/"+chat+"/messages", nil, &tr)
+	tr, err := e.sc.Transcript(ctx(e.t), chat, "")
+	e.must(err)
 	for _, x := range tr {
 		if x.MessageID == m.MessageID {
 			t.Fatal("deleted message still in the transcript")
@@ -286,14 +286,14 @@ func TestEditAndDelete(t *testing.T) {
 
 func TestChatAction(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	botID, tok := e.bot(map[string]any{"handle": "act_bot"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "act_bot"})
 	u := e.user("Tom")
 	chat := e.start(u, botID)
 	if err := e.api.SendChatAction(ctx(t), tok, chat, "typing"); err != nil {
 		t.Fatal(err)
 	}
-	var cv sim.ChatView
-	e.must("GET", "/sim/chats/"+chat, nil, &cv)
+	cv, err := e.sc.Chat(ctx(e.t), chat)
+	e.must(err)
 	if len(cv.Actions) != 1 || cv.Actions[0].Action != "typing" || cv.Actions[0].BotID != botID {
 		t.Fatalf("chat view actions: %+v", cv.Actions)
 	}
@@ -339,7 +339,7 @@ func multipartBody(t *testing.T, parts ...part) (string, []byte) {
 
 func TestMedia(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	botID, tok := e.bot(map[string]any{"handle": "media_bot"})
+	botID, tok := e.bot(sim.BotSettings{Handle: "media_bot"})
 	u := e.user("Mia")
 	chat := e.start(u, botID)
 	q := e.say(chat, u, "send me the chart")

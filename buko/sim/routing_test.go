@@ -10,8 +10,8 @@ import (
 
 func TestGroupPrivacyMode(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	a, tokA := e.bot(map[string]any{"handle": "alpha_bot"})
-	b, tokB := e.bot(map[string]any{"handle": "beta_bot"})
+	a, tokA := e.bot(sim.BotSettings{Handle: "alpha_bot"})
+	b, tokB := e.bot(sim.BotSettings{Handle: "beta_bot"})
 	u := e.user("Gus")
 	v := e.user("Vera")
 	grp := e.group("Team", []string{u, v}, []string{a, b})
@@ -78,7 +78,7 @@ func TestGroupPrivacyMode(t *testing.T) {
 
 func TestEntitiesUTF16(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	a, tok := e.bot(map[string]any{"handle": "utf_bot"})
+	a, tok := e.bot(sim.BotSettings{Handle: "utf_bot"})
 	u := e.user("Uli")
 	chat := e.start(u, a)
 	e.poll(tok)
@@ -92,14 +92,14 @@ func TestEntitiesUTF16(t *testing.T) {
 
 func TestGroupJoinLeave(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	a, tok := e.bot(map[string]any{"handle": "jl_bot"})
+	a, tok := e.bot(sim.BotSettings{Handle: "jl_bot"})
 	u := e.user("Jo")
 	grp := e.group("Lobby", []string{u}, nil)
-	e.must("POST", "/sim/chats/"+grp+"/members", map[string]any{"bot_id": a, "by_user_id": u}, nil)
+	e.must(errOf(e.sc.AddMember(ctx(e.t), grp, sim.Member{BotID: a, ByUserID: u})))
 	if _, err := e.api.SendMessage(ctx(t), tok, buko.SendMessageParams{ChatID: grp, Text: "hi all"}); err != nil {
 		t.Fatal(err)
 	}
-	e.must("DELETE", "/sim/chats/"+grp+"/members/"+a, nil, nil)
+	e.must(errOf(e.sc.RemoveMember(ctx(e.t), grp, a, "")))
 	_, err := e.api.SendMessage(ctx(t), tok, buko.SendMessageParams{ChatID: grp, Text: "still here?"})
 	wantCode(t, err, 403, buko.CodeChatForbidden)
 	ups := e.poll(tok)
@@ -113,8 +113,8 @@ func TestGroupJoinLeave(t *testing.T) {
 	}
 	// A user joins: no update for the bot (it is not a member any more anyway).
 	w := e.user("Wes")
-	var cv sim.ChatView
-	e.must("POST", "/sim/chats/"+grp+"/members", map[string]any{"user_id": w}, &cv)
+	cv, err := e.sc.AddMember(ctx(e.t), grp, sim.Member{UserID: w})
+	e.must(err)
 	if !slices.Contains(cv.UserIDs, w) || len(cv.BotIDs) != 0 {
 		t.Fatalf("members: %+v", cv)
 	}
@@ -122,8 +122,8 @@ func TestGroupJoinLeave(t *testing.T) {
 
 func TestHumanEdits(t *testing.T) {
 	e := newEnv(t, sim.Options{})
-	a, tokA := e.bot(map[string]any{"handle": "edit_a"})
-	b, tokB := e.bot(map[string]any{"handle": "edit_b"})
+	a, tokA := e.bot(sim.BotSettings{Handle: "edit_a"})
+	b, tokB := e.bot(sim.BotSettings{Handle: "edit_b"})
 	u := e.user("Ed")
 	chat := e.start(u, a)
 	mid := e.say(chat, u, "helo")
@@ -132,11 +132,8 @@ func TestHumanEdits(t *testing.T) {
 	e.poll(tokA)
 	e.poll(tokB)
 
-	var res struct {
-		MessageID string `json:"message_id"`
-		EditDate  int64  `json:"edit_date"`
-	}
-	e.must("PATCH", "/sim/chats/"+chat+"/messages/"+mid, map[string]any{"text": "hello"}, &res)
+	res, err := e.sc.EditMessage(ctx(e.t), chat, mid, "", "hello")
+	e.must(err)
 	if res.MessageID != mid || res.EditDate == 0 {
 		t.Fatalf("PATCH answer: %+v", res)
 	}
@@ -147,7 +144,7 @@ func TestHumanEdits(t *testing.T) {
 	}
 
 	// In the group only the bot that saw the message gets the edit...
-	e.must("PATCH", "/sim/chats/"+grp+"/messages/"+gmid, map[string]any{"text": "@edit_a hi there"}, nil)
+	e.must(errOf(e.sc.EditMessage(ctx(e.t), grp, gmid, "", "@edit_a hi there")))
 	if ups := e.poll(tokA); len(ups) != 1 || ups[0].EditedMessage == nil {
 		t.Fatalf("group edit to a: %+v", ups)
 	}
@@ -155,7 +152,7 @@ func TestHumanEdits(t *testing.T) {
 		t.Fatalf("group edit leaked to b: %+v", ups)
 	}
 	// ...and a bot the new text addresses gets it too.
-	e.must("PATCH", "/sim/chats/"+grp+"/messages/"+gmid, map[string]any{"text": "@edit_a @edit_b hi"}, nil)
+	e.must(errOf(e.sc.EditMessage(ctx(e.t), grp, gmid, "", "@edit_a @edit_b hi")))
 	if ups := e.poll(tokB); len(ups) != 1 || ups[0].EditedMessage == nil || ups[0].EditedMessage.Text != "@edit_a @edit_b hi" {
 		t.Fatalf("group edit to b: %+v", ups)
 	}

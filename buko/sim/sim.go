@@ -29,6 +29,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"buko.app/agentrunner/buko/sim/web"
+	"buko.app/agentrunner/httpapi"
 )
 
 // Defaults of Options.
@@ -110,12 +111,15 @@ func (o *Options) withDefaults() {
 // Server is the simulator. It is an http.Handler; create it with New and
 // release it with Close.
 type Server struct {
-	opts  Options
-	log   zerolog.Logger
-	web   http.Handler
-	ctl   *http.ServeMux
-	stats *stats
-	chaos *chaos
+	opts Options
+	log  zerolog.Logger
+	web  http.Handler
+	ctl  *http.ServeMux
+	// rest and control write the answers and errors of the Bot API and the
+	// control API (reply.go).
+	rest, control *httpapi.API
+	stats         *stats
+	chaos         *chaos
 
 	// wg counts Gateway goroutines (one reader per socket, plus a writer while
 	// it has something to send) so Close can wait for them.
@@ -139,6 +143,7 @@ func New(opts Options) *Server {
 		chaos: newChaos(),
 		done:  make(chan struct{}),
 	}
+	s.rest, s.control = newWire(opts.Logger)
 	s.state.init(opts.Seed)
 	s.ctl = s.controlMux()
 	return s
@@ -158,7 +163,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == "/sim" || strings.HasPrefix(p, "/sim/"):
 		if !s.adminOK(r) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sim"`)
-			writeError(w, errUnauthorized("the control API needs Authorization: Bearer <admin token>"))
+			s.control.Fail(w, r, errUnauthorized("the control API needs Authorization: Bearer <admin token>"))
 			return
 		}
 		s.ctl.ServeHTTP(w, r)

@@ -114,8 +114,8 @@ func (s *Server) poll(ctx context.Context, b *bot, offset buko.UpdateID, limit i
 		if len(b.conns) > 0 {
 			b.mu.Unlock()
 			if first {
-				return nil, &apiError{status: 409, code: buko.CodeGatewayActive,
-					desc: "getUpdates is not available while the bot has an open Gateway connection"}
+				return nil, &apiError{Status: 409, Code: buko.CodeGatewayActive,
+					Message: "getUpdates is not available while the bot has an open Gateway connection"}
 			}
 			return json.RawMessage("[]"), nil
 		}

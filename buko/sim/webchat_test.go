@@ -35,11 +35,8 @@ func TestWebChat(t *testing.T) {
 	t.Cleanup(srv.Close)
 	api := &control{t: t, base: srv.URL}
 
-	var bot struct {
-		BotID string `json:"bot_id"`
-		Token string `json:"token"`
-	}
-	api.do(http.MethodPost, "/sim/bots", map[string]any{"handle": "echo_bot", "display_name": "Echo Bot"}, &bot)
+	bot, err := api.sc().CreateBot(context.Background(), sim.BotSettings{Handle: "echo_bot", DisplayName: "Echo Bot"})
+	api.must(err)
 	if bot.BotID == "" || bot.Token == "" {
 		t.Fatal("POST /sim/bots returned no bot_id or no token")
 	}
@@ -61,11 +58,8 @@ func TestWebChat(t *testing.T) {
 	)
 	b.WaitFn("the new user to be picked",
 		`() => document.getElementById('current-user').textContent.includes('Ada Lovelace')`)
-	var users []struct {
-		UserID      string `json:"user_id"`
-		DisplayName string `json:"display_name"`
-	}
-	api.do(http.MethodGet, "/sim/users", nil, &users)
+	users, err := api.sc().Users(context.Background())
+	api.must(err)
 	if len(users) != 1 || users[0].DisplayName != "Ada Lovelace" {
 		t.Fatalf("GET /sim/users = %+v, want the one user the page created", users)
 	}
@@ -210,10 +204,8 @@ func TestWebChatAdminToken(t *testing.T) {
 	srv := httptest.NewServer(sim.New(sim.Options{AdminToken: admin}))
 	t.Cleanup(srv.Close)
 	api := &control{t: t, base: srv.URL, admin: admin}
-	var bot struct {
-		BotID string `json:"bot_id"`
-	}
-	api.do(http.MethodPost, "/sim/bots", map[string]any{"handle": "guarded_bot", "display_name": "Guarded"}, &bot)
+	bot, err := api.sc().CreateBot(context.Background(), sim.BotSettings{Handle: "guarded_bot", DisplayName: "Guarded"})
+	api.must(err)
 
 	b := browser.New(t)
 	b.Do("open the page without the token", chromedp.Navigate(srv.URL+"/"))
@@ -284,27 +276,20 @@ func find(msgs []transcriptMessage, id string) *transcriptMessage {
 }
 
 func (c *control) messages(chatID string) []transcriptMessage {
-	var out []transcriptMessage
-	c.do(http.MethodGet, "/sim/chats/"+chatID+"/messages", nil, &out)
+	var out []transcriptMessage // the wire's fields, as the page reads them
+	c.must(c.sc().Do(context.Background(), http.MethodGet, "/sim/chats/"+chatID+"/messages", nil, &out))
 	return out
 }
 
-// do calls the control API and decodes a 2xx answer into out.
-func (c *control) do(method, path string, in, out any) {
+// sc is the simulator's control API (with the admin token, if any).
+func (c *control) sc() *sim.Control {
+	return sim.NewControl(c.base, sim.ControlOptions{AdminToken: c.admin})
+}
+
+func (c *control) must(err error) {
 	c.t.Helper()
-	auth := ""
-	if c.admin != "" {
-		auth = "Bearer " + c.admin
-	}
-	status, body := c.call(method, path, auth, in)
-	if status/100 != 2 {
-		c.t.Fatalf("%s %s: HTTP %d: %s", method, path, status, body)
-	}
-	if out != nil {
-		if err := json.Unmarshal(body, out); err != nil {
-			// Not the body: POST /sim/bots answers with a token.
-			c.t.Fatalf("%s %s: decoding the %d-byte answer: %v", method, path, len(body), err)
-		}
+	if err != nil {
+		c.t.Fatal(err)
 	}
 }
 

@@ -76,7 +76,7 @@ simulator (it has no delete): run against a dev or staging simulator.`,
 
 // validate checks the shared flags and returns the control-API client and
 // whether to draw a progress bar.
-func (bc *benchCommon) validate(cmd *cobra.Command) (*simControl, bool, error) {
+func (bc *benchCommon) validate(cmd *cobra.Command) (*sim.Control, bool, error) {
 	if bc.output != "text" && bc.output != "json" {
 		return nil, false, usageError{fmt.Errorf("-o %q: want text or json", bc.output)}
 	}
@@ -98,15 +98,15 @@ func (bc *benchCommon) validate(cmd *cobra.Command) (*simControl, bool, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, false, usageError{fmt.Errorf("--sim-url %q: want the simulator's base URL, like http://127.0.0.1:8081", bc.simURL)}
 	}
-	sc := &simControl{base: strings.TrimRight(u.String(), "/")}
+	opts := sim.ControlOptions{UnauthorizedHint: "a guarded simulator: pass --admin-token-file", BaseName: "--sim-url"}
 	if bc.adminTokenFile != "" {
 		tok, err := readTokenFile("--admin-token-file", bc.adminTokenFile)
 		if err != nil {
 			return nil, false, err
 		}
-		sc.adminToken = tok
+		opts.AdminToken = tok
 	}
-	return sc, bar, nil
+	return sim.NewControl(u.String(), opts), bar, nil
 }
 
 func (bc *benchCommon) newBar(w io.Writer, show bool, total int, what, unit string) *progressbar.ProgressBar {
@@ -133,16 +133,10 @@ func finishBar(w io.Writer, bar *progressbar.ProgressBar) {
 
 // ---- the simulator's control API ----
 
-func (sc *simControl) stats(ctx context.Context) (sim.Stats, error) {
-	var st sim.Stats
-	err := sc.call(ctx, http.MethodGet, "/sim/stats", nil, &st)
-	return st, err
-}
-
 // findBot resolves a handle (with or without @, any case) or a bot id.
-func (sc *simControl) findBot(ctx context.Context, ref string) (sim.BotView, error) {
-	var bots []sim.BotView
-	if err := sc.call(ctx, http.MethodGet, "/sim/bots", nil, &bots); err != nil {
+func findBot(ctx context.Context, sc *sim.Control, ref string) (sim.BotView, error) {
+	bots, err := sc.Bots(ctx)
+	if err != nil {
 		return sim.BotView{}, err
 	}
 	h := strings.TrimPrefix(ref, "@")
@@ -151,12 +145,7 @@ func (sc *simControl) findBot(ctx context.Context, ref string) (sim.BotView, err
 			return b, nil
 		}
 	}
-	return sim.BotView{}, usageError{fmt.Errorf("--bot %q: the simulator at %s has no such bot (it has %d; list them with curl %s/sim/bots)", ref, sc.base, len(bots), sc.base)}
-}
-
-type startedChat struct {
-	ChatID    string `json:"chat_id"`
-	MessageID string `json:"message_id"`
+	return sim.BotView{}, usageError{fmt.Errorf("--bot %q: the simulator at %s has no such bot (it has %d; list them with curl %s/sim/bots)", ref, sc.BaseURL(), len(bots), sc.BaseURL())}
 }
 
 // ---- bench echo ----
@@ -268,8 +257,8 @@ report), 2 for bad flags or an unknown bot.`,
 				return err
 			}
 			concurrency = min(concurrency, messages)
-			sc.client(concurrency)
-			defer sc.close()
+			sc = sc.WithHTTPClient(pooledClient(concurrency))
+			defer sc.CloseIdleConnections()
 			res, err := runBenchEcho(cmd.Context(), sc, bc, cmd.ErrOrStderr(), showBar, bot, messages, concurrency, pollInterval)
 			if err != nil {
 				return err
@@ -301,15 +290,15 @@ type echoChat struct {
 	lost           map[string]bool
 }
 
-func runBenchEcho(ctx context.Context, sc *simControl, bc *benchCommon, stderr io.Writer, showBar bool, ref string, messages, concurrency int, poll time.Duration) (*echoResult, error) {
-	b, err := sc.findBot(ctx, ref)
+func runBenchEcho(ctx context.Context, sc *sim.Control, bc *benchCommon, stderr io.Writer, showBar bool, ref string, messages, concurrency int, poll time.Duration) (*echoResult, error) {
+	b, err := findBot(ctx, sc, ref)
 	if err != nil {
 		return nil, err
 	}
 	if b.GatewayOpen == 0 {
 		fmt.Fprintf(stderr, "warning: @%s has no Gateway socket open at the simulator: unless it polls, is its runner up?\n", b.Handle)
 	}
-	st0, err := sc.stats(ctx)
+	st0, err := sc.Stats(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -327,12 +316,12 @@ func runBenchEcho(ctx context.Context, sc *simControl, bc *benchCommon, stderr i
 	setup.SetLimit(8)
 	for i, c := range chats {
 		setup.Go(func() error {
-			var u sim.UserView
-			if err := sc.call(sctx, http.MethodPost, "/sim/users", map[string]any{"display_name": fmt.Sprintf("bench %s user %d", run, i+1)}, &u); err != nil {
+			u, err := sc.CreateUser(sctx, fmt.Sprintf("bench %s user %d", run, i+1), "")
+			if err != nil {
 				return err
 			}
-			var sch startedChat
-			if err := sc.call(sctx, http.MethodPost, "/sim/chats/private", map[string]any{"user_id": u.UserID, "bot_id": b.BotID}, &sch); err != nil {
+			sch, err := sc.OpenPrivateChat(sctx, u.UserID, b.BotID)
+			if err != nil {
 				return err
 			}
 			c.userID, c.chatID, c.startID = u.UserID, sch.ChatID, sch.MessageID
@@ -357,7 +346,7 @@ func runBenchEcho(ctx context.Context, sc *simControl, bc *benchCommon, stderr i
 	}
 
 	res := &echoResult{
-		SimURL: sc.base, BotID: b.BotID, BotHandle: b.Handle, Concurrency: concurrency,
+		SimURL: sc.BaseURL(), BotID: b.BotID, BotHandle: b.Handle, Concurrency: concurrency,
 		TimeoutSeconds: bc.timeout.Seconds(), ElapsedSeconds: elapsed.Seconds(),
 		GatewaySockets: b.GatewayOpen, PollIntervalSec: poll.Seconds(),
 	}
@@ -367,8 +356,8 @@ func runBenchEcho(ctx context.Context, sc *simControl, bc *benchCommon, stderr i
 		res.Lost += len(c.lost)
 		lat = append(lat, c.latency...)
 		// A last look at the whole transcript: duplicates, and late replies.
-		var tr []sim.TranscriptMessage
-		if err := sc.call(ctx, http.MethodGet, "/sim/chats/"+url.PathEscape(c.chatID)+"/messages?after="+url.QueryEscape(c.startID), nil, &tr); err != nil {
+		tr, err := sc.Transcript(ctx, c.chatID, c.startID)
+		if err != nil {
 			return nil, err
 		}
 		ours := make(map[string]int, len(c.sent))
@@ -394,7 +383,7 @@ func runBenchEcho(ctx context.Context, sc *simControl, bc *benchCommon, stderr i
 	if elapsed > 0 {
 		res.RepliesPerSec = math.Round(float64(res.Replied)/elapsed.Seconds()*10) / 10
 	}
-	st1, err := sc.stats(ctx)
+	st1, err := sc.Stats(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -403,27 +392,23 @@ func runBenchEcho(ctx context.Context, sc *simControl, bc *benchCommon, stderr i
 }
 
 // run sends the chat's messages one at a time, each awaiting its reply.
-func (c *echoChat) run(ctx context.Context, sc *simControl, timeout, poll time.Duration, bar *progressbar.ProgressBar) error {
-	path := "/sim/chats/" + url.PathEscape(c.chatID) + "/messages"
+func (c *echoChat) run(ctx context.Context, sc *sim.Control, timeout, poll time.Duration, bar *progressbar.ProgressBar) error {
 	cursor := c.startID
 	replied := map[string]bool{}
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
 	for _, text := range c.texts {
 		t0 := time.Now()
-		var posted struct {
-			MessageID string `json:"message_id"`
-		}
-		if err := sc.call(ctx, http.MethodPost, path, map[string]any{"user_id": c.userID, "text": text}, &posted); err != nil {
+		id, err := sc.Say(ctx, c.chatID, c.userID, text)
+		if err != nil {
 			return err
 		}
-		id := posted.MessageID
 		c.sent = append(c.sent, id)
 		deadline := t0.Add(timeout)
 	wait:
 		for {
-			var tr []sim.TranscriptMessage
-			if err := sc.call(ctx, http.MethodGet, path+"?after="+url.QueryEscape(cursor), nil, &tr); err != nil {
+			tr, err := sc.Transcript(ctx, c.chatID, cursor)
+			if err != nil {
 				return err
 			}
 			seen := time.Now()
@@ -546,8 +531,8 @@ descriptor per socket: mind ulimit -n for large --bots.`,
 			if err != nil {
 				return err
 			}
-			sc.client(producers)
-			defer sc.close()
+			sc = sc.WithHTTPClient(pooledClient(producers))
+			defer sc.CloseIdleConnections()
 			res, err := runBenchGateway(cmd.Context(), sc, bc, cmd.ErrOrStderr(), showBar, bots, updates, producers)
 			if err != nil {
 				return err
@@ -562,14 +547,14 @@ descriptor per socket: mind ulimit -n for large --bots.`,
 	return cmd
 }
 
-func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stderr io.Writer, showBar bool, nBots, nUpdates, producers int) (res *gatewayResult, err error) {
-	st0, err := sc.stats(ctx)
+func runBenchGateway(ctx context.Context, sc *sim.Control, bc *benchCommon, stderr io.Writer, showBar bool, nBots, nUpdates, producers int) (res *gatewayResult, err error) {
+	st0, err := sc.Stats(ctx)
 	if err != nil {
 		return nil, err
 	}
 	run := time.Now().UTC().Format("150405.000")
-	var user sim.UserView
-	if err := sc.call(ctx, http.MethodPost, "/sim/users", map[string]any{"display_name": "bench gateway " + run}, &user); err != nil {
+	user, err := sc.CreateUser(ctx, "bench gateway "+run, "")
+	if err != nil {
 		return nil, err
 	}
 	tokens := make([]vault.Token, nBots)
@@ -578,8 +563,8 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 	g.SetLimit(producers)
 	for i := range nBots {
 		g.Go(func() error {
-			var cb sim.CreatedBot
-			if err := sc.call(gctx, http.MethodPost, "/sim/bots", map[string]any{"display_name": fmt.Sprintf("bench gateway %s bot %d", run, i+1)}, &cb); err != nil {
+			cb, err := sc.CreateBot(gctx, sim.BotSettings{DisplayName: fmt.Sprintf("bench gateway %s bot %d", run, i+1)})
+			if err != nil {
 				return err
 			}
 			tok, err := vault.ParseToken(cb.Token)
@@ -596,7 +581,7 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 
 	// Memory of this process before any socket, then open them all.
 	heap0, stack0, gor0 := memNow()
-	wsURL := buko.NewClient(sc.base, nil).GatewayURL()
+	wsURL := buko.NewClient(sc.BaseURL(), nil).GatewayURL()
 	socks := make([]*benchSocket, nBots)
 	var delivered, setupSeen atomic.Int64
 	sockCtx, stopSocks := context.WithCancel(ctx)
@@ -651,7 +636,7 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 	openTime := time.Since(openStart)
 	heap1, stack1, gor1 := memNow()
 	res = &gatewayResult{
-		SimURL: sc.base, Sockets: nBots, OpenSeconds: openTime.Seconds(),
+		SimURL: sc.BaseURL(), Sockets: nBots, OpenSeconds: openTime.Seconds(),
 		HeapBytesPerSocket:  (int64(heap1) - int64(heap0)) / int64(nBots),
 		StackBytesPerSocket: (int64(stack1) - int64(stack0)) / int64(nBots),
 		GoroutinesPerSocket: float64(gor1-gor0) / float64(nBots),
@@ -664,8 +649,8 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 	g.SetLimit(producers)
 	for i := range nBots {
 		g.Go(func() error {
-			var sch startedChat
-			if err := sc.call(gctx, http.MethodPost, "/sim/chats/private", map[string]any{"user_id": user.UserID, "bot_id": botIDs[i]}, &sch); err != nil {
+			sch, err := sc.OpenPrivateChat(gctx, user.UserID, botIDs[i])
+			if err != nil {
 				return err
 			}
 			socks[i].chatID = sch.ChatID
@@ -685,7 +670,7 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 	var stMid sim.Stats
 	if err := awaitCount(ctx, deadline, readErr, func() (bool, error) {
 		var err error
-		stMid, err = sc.stats(ctx)
+		stMid, err = sc.Stats(ctx)
 		return err == nil && stMid.Acked-st0.Acked >= setupSeen.Load(), err
 	}); err != nil {
 		return nil, fmt.Errorf("waiting for the simulator to count the chat-start acks: %w", err)
@@ -704,7 +689,7 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 					return nil
 				}
 				s := socks[i%nBots]
-				if err := sc.call(gctx, http.MethodPost, "/sim/chats/"+url.PathEscape(s.chatID)+"/messages", map[string]any{"user_id": user.UserID, "text": fmt.Sprintf("bench %d", i+1)}, nil); err != nil {
+				if _, err := sc.Say(gctx, s.chatID, user.UserID, fmt.Sprintf("bench %d", i+1)); err != nil {
 					return err
 				}
 				if bar != nil {
@@ -731,7 +716,7 @@ func runBenchGateway(ctx context.Context, sc *simControl, bc *benchCommon, stder
 	var st1 sim.Stats
 	if err := awaitCount(ctx, deadline, readErr, func() (bool, error) {
 		var err error
-		st1, err = sc.stats(ctx)
+		st1, err = sc.Stats(ctx)
 		return err == nil && st1.Acked-stMid.Acked >= int64(nUpdates), err
 	}); err != nil {
 		return nil, fmt.Errorf("waiting for the simulator to count %d acks (counted %d): %w", nUpdates, st1.Acked-stMid.Acked, err)
@@ -823,4 +808,12 @@ func printGateway(w io.Writer, format string, r *gatewayResult) error {
 	fmt.Fprintf(tw, "acked (sim count)\t%d in %.2f s: %.0f updates/s\n", r.Acked, r.AckedSeconds, r.AckedPerSec)
 	fmt.Fprintf(tw, "redelivered\t%d\n", r.Redelivered)
 	return tw.Flush()
+}
+
+// pooledClient is an HTTP client for the control API whose idle pool fits
+// conns concurrent calls.
+func pooledClient(conns int) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = conns + 4
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }

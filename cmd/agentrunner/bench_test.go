@@ -53,16 +53,9 @@ func (c testCred) Reveal() string { return string(c) }
 // twice when dup says so, then acks the update. It stops at test cleanup.
 func startEchoBot(t *testing.T, simURL, handle string, dup func(text string) bool) (botID string) {
 	t.Helper()
-	body, _ := json.Marshal(map[string]any{"handle": handle})
-	resp, err := http.Post(simURL+"/sim/bots", "application/json", bytes.NewReader(body))
+	cb, err := sim.NewControl(simURL, sim.ControlOptions{}).CreateBot(context.Background(), sim.BotSettings{Handle: handle})
 	if err != nil {
-		t.Fatal(err)
-	}
-	var cb sim.CreatedBot
-	err = json.NewDecoder(resp.Body).Decode(&cb)
-	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("create bot: HTTP %d %v", resp.StatusCode, err)
+		t.Fatalf("create bot: %v", err)
 	}
 	cred := testCred(cb.Token)
 	api := buko.NewClient(simURL, nil)
@@ -179,12 +172,9 @@ func TestBenchEchoCountsDuplicates(t *testing.T) {
 
 func TestBenchEchoNoBotRunning(t *testing.T) {
 	srv := benchSim(t, sim.Options{})
-	body, _ := json.Marshal(map[string]any{"handle": "silent_bot"})
-	resp, err := http.Post(srv.URL+"/sim/bots", "application/json", bytes.NewReader(body))
-	if err != nil {
+	if _, err := sim.NewControl(srv.URL, sim.ControlOptions{}).CreateBot(context.Background(), sim.BotSettings{Handle: "silent_bot"}); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
 	// Nobody answers: every message is lost after the (short) timeout.
 	out, errOut, err := runBench(t, "bench", "echo", "--sim-url", srv.URL, "--bot", "silent_bot", "--messages", "2", "--timeout", "50ms", "-o", "json")
 	if err == nil || isUsage(err) || !strings.Contains(err.Error(), "2 of 2 messages got no reply") {
@@ -213,15 +203,9 @@ func TestBenchGateway(t *testing.T) {
 		t.Fatalf("want 200 updates delivered and acked over 5 sockets: %+v", res)
 	}
 	// The sockets are closed when the command returns.
-	var st sim.Stats
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(srv.URL + "/sim/stats")
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = json.NewDecoder(resp.Body).Decode(&st)
-		resp.Body.Close()
+		st, err := sim.NewControl(srv.URL, sim.ControlOptions{}).Stats(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -319,9 +303,9 @@ func TestBenchBadInput(t *testing.T) {
 			if err == nil || isUsage(err) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("want an error containing %q, got %v", tc.want, err)
 			}
-			var ce *simCallError
+			var ce *sim.ControlError
 			if tc.name == "not a simulator" && !errors.As(err, &ce) {
-				t.Fatalf("want a *simCallError, got %T", err)
+				t.Fatalf("want a *sim.ControlError, got %T", err)
 			}
 		})
 	}

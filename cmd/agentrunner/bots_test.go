@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -85,40 +84,22 @@ func (f *cliFix) mustRun(t *testing.T, stdin string, args ...string) string {
 	return out
 }
 
-func (f *cliFix) simBot(t *testing.T, body map[string]any) (id, token string) {
+func (f *cliFix) simBot(t *testing.T, s sim.BotSettings) (id, token string) {
 	t.Helper()
-	b, _ := json.Marshal(body)
-	resp, err := http.Post(f.sim.URL+"/sim/bots", "application/json", bytes.NewReader(b))
+	out, err := sim.NewControl(f.sim.URL, sim.ControlOptions{}).CreateBot(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var out struct{ BotID, Token string }
-	var raw struct {
-		BotID string `json:"bot_id"`
-		Token string `json:"token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("sim: %d %v", resp.StatusCode, err)
-	}
-	out.BotID, out.Token = raw.BotID, raw.Token
 	return out.BotID, out.Token
 }
 
 func (f *cliFix) simRotate(t *testing.T, botID string) string {
 	t.Helper()
-	resp, err := http.Post(f.sim.URL+"/sim/bots/"+botID+"/rotate-token", "application/json", nil)
+	tok, err := sim.NewControl(f.sim.URL, sim.ControlOptions{}).RotateToken(context.Background(), botID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var out struct {
-		Token string `json:"token"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		t.Fatal(err)
-	}
-	return out.Token
+	return tok
 }
 
 func (f *cliFix) count(t *testing.T, sql string, args ...any) int {
@@ -142,7 +123,7 @@ func isUsage(err error) bool {
 
 func TestBotsCommands(t *testing.T) {
 	f := newCLIFix(t)
-	id, tok := f.simBot(t, map[string]any{"handle": "helper_bot", "display_name": "Helper"})
+	id, tok := f.simBot(t, sim.BotSettings{Handle: "helper_bot", DisplayName: "Helper"})
 	cfg := filepath.Join(t.TempDir(), "agent.json")
 	if err := os.WriteFile(cfg, []byte(`{"url": "http://127.0.0.1:9/agent", "secret": "env:AGENTRUNNER_AGENT_SECRET_HELPER"}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -236,8 +217,8 @@ func TestBotsCommands(t *testing.T) {
 // 2, and nothing is written.
 func TestBotsAddRefusals(t *testing.T) {
 	f := newCLIFix(t)
-	_, tok := f.simBot(t, map[string]any{"handle": "good_bot"})
-	_, unofficial := f.simBot(t, map[string]any{"handle": "outside_bot", "official": false, "tier": "free"})
+	_, tok := f.simBot(t, sim.BotSettings{Handle: "good_bot"})
+	_, unofficial := f.simBot(t, sim.BotSettings{Handle: "outside_bot", Official: new(bool), Tier: "free"})
 	badCfg := filepath.Join(t.TempDir(), "cfg.json")
 	_ = os.WriteFile(badCfg, []byte(`["not", "an", "object"]`), 0o600)
 	add := func(extra ...string) []string {
@@ -290,7 +271,7 @@ func TestBotsAddRefusals(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "already managed") || isUsage(err) {
 		t.Fatalf("duplicate add: %v", err)
 	}
-	_, dupTok := f.simBot(t, map[string]any{"handle": "twin_bot"})
+	_, dupTok := f.simBot(t, sim.BotSettings{Handle: "twin_bot"})
 	if _, err := f.pool.Exec(context.Background(), `INSERT INTO bots (id, handle, shard) VALUES ('bot_imported', 'Twin_Bot', 0)`); err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +296,7 @@ func TestBotsAddRefusals(t *testing.T) {
 // TestBotsUnknownBot: every command naming a bot that is not managed says so.
 func TestBotsUnknownBot(t *testing.T) {
 	f := newCLIFix(t)
-	_, tok := f.simBot(t, map[string]any{"handle": "some_bot"})
+	_, tok := f.simBot(t, sim.BotSettings{Handle: "some_bot"})
 	for _, args := range [][]string{
 		append([]string{"bots", "show", "nobody"}, f.db()...),
 		append([]string{"bots", "pause", "nobody"}, f.db()...),
@@ -350,8 +331,8 @@ func TestBotsUnknownBot(t *testing.T) {
 
 func TestBotsRotateTokenOfAnotherBot(t *testing.T) {
 	f := newCLIFix(t)
-	id, tok := f.simBot(t, map[string]any{"handle": "first_bot"})
-	_, other := f.simBot(t, map[string]any{"handle": "second_bot"})
+	id, tok := f.simBot(t, sim.BotSettings{Handle: "first_bot"})
+	_, other := f.simBot(t, sim.BotSettings{Handle: "second_bot"})
 	f.mustRun(t, tok, append([]string{"bots", "add", "--handle", "first_bot"}, f.full()...)...)
 	_, _, err := f.run(t, other, append([]string{"bots", "rotate-token", id}, f.full()...)...)
 	if err == nil || !strings.Contains(err.Error(), "token belongs to another bot") {
@@ -366,7 +347,7 @@ func TestBotsRotateTokenOfAnotherBot(t *testing.T) {
 // refused at bots add, naming the field, with nothing written.
 func TestBotsAddChecksTheAgentConfig(t *testing.T) {
 	f := newCLIFix(t)
-	_, tok := f.simBot(t, map[string]any{"handle": "cfg_bot"})
+	_, tok := f.simBot(t, sim.BotSettings{Handle: "cfg_bot"})
 	t.Setenv("AGENTS_BOTS_TEST_DSN", "postgres://secret-dsn")
 	write := func(body string) string {
 		p := filepath.Join(t.TempDir(), "agent.json")
@@ -407,7 +388,7 @@ func TestBotsAddChecksTheAgentConfig(t *testing.T) {
 // add, audited, and announced through the bots trigger.
 func TestBotsSetAgent(t *testing.T) {
 	f := newCLIFix(t)
-	id, tok := f.simBot(t, map[string]any{"handle": "switch_bot"})
+	id, tok := f.simBot(t, sim.BotSettings{Handle: "switch_bot"})
 	f.mustRun(t, tok, append([]string{"bots", "add", "--handle", "switch_bot"}, f.full()...)...)
 	ctx := context.Background()
 	listen, err := pgx.Connect(ctx, f.dsn)
@@ -501,8 +482,8 @@ func TestBotsSetAgent(t *testing.T) {
 func TestBotsMigrateSecrets(t *testing.T) {
 	f := newCLIFix(t)
 	ctx := context.Background()
-	legacyID, legacyTok := f.simBot(t, map[string]any{"handle": "legacy_bot"})
-	copyID, copyTok := f.simBot(t, map[string]any{"handle": "copy_bot"})
+	legacyID, legacyTok := f.simBot(t, sim.BotSettings{Handle: "legacy_bot"})
+	copyID, copyTok := f.simBot(t, sim.BotSettings{Handle: "copy_bot"})
 	f.mustRun(t, legacyTok, append([]string{"bots", "add", "--handle", "legacy_bot"}, f.full()...)...)
 	f.mustRun(t, copyTok, append([]string{"bots", "add", "--handle", "copy_bot"}, f.full()...)...)
 	kr := vault.NewLocal(f.keyring, nil)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/rs/zerolog"
 
+	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/vault"
 )
 
@@ -21,8 +22,8 @@ import (
 func TestNoTokenLeaks(t *testing.T) {
 	f := newCLIFix(t)
 	ctx := context.Background()
-	id, tok := f.simBot(t, map[string]any{"handle": "leak_bot"})
-	_, otherTok := f.simBot(t, map[string]any{"handle": "leak_other"})
+	id, tok := f.simBot(t, sim.BotSettings{Handle: "leak_bot"})
+	_, otherTok := f.simBot(t, sim.BotSettings{Handle: "leak_other"})
 	secrets := []string{tok, otherTok}
 
 	// The CLI, through its paths.

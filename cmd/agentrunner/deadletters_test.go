@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/runner"
 	"buko.app/agentrunner/sessions"
 	"buko.app/agentrunner/vault"
@@ -23,7 +24,7 @@ import (
 // with its replay_error, and is idempotent; list shows both, never payloads.
 func TestDeadLettersCommands(t *testing.T) {
 	f := newCLIFix(t)
-	botID, tok := f.simBot(t, map[string]any{"handle": "dl_bot"})
+	botID, tok := f.simBot(t, sim.BotSettings{Handle: "dl_bot"})
 	f.mustRun(t, tok+"\n", append([]string{"bots", "add", "--handle", "@dl_bot", "--agent", "echo"}, f.full()...)...)
 	keys := filepath.Join(t.TempDir(), "payload-keys.json")
 	f.mustRun(t, "", append([]string{"codec", "new-key", "--id", "k1", "--payload-keys", keys}, keyringArgs(f)...)...)
@@ -95,7 +96,7 @@ func TestDeadLettersCommands(t *testing.T) {
 func TestDeadLettersReplayThroughTemporal(t *testing.T) {
 	addr := needTemporal(t)
 	f := newCLIFix(t)
-	botID, tok := f.simBot(t, map[string]any{"handle": "dlt_bot"})
+	botID, tok := f.simBot(t, sim.BotSettings{Handle: "dlt_bot"})
 	f.mustRun(t, tok+"\n", append([]string{"bots", "add", "--handle", "@dlt_bot", "--agent", "echo"}, f.full()...)...)
 	keys := filepath.Join(t.TempDir(), "payload-keys.json")
 	f.mustRun(t, "", append([]string{"codec", "new-key", "--id", "k1", "--payload-keys", keys}, keyringArgs(f)...)...)

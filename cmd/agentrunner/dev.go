@@ -476,14 +476,11 @@ func seedDev(ctx context.Context, log zerolog.Logger, f *devFlags, ci vault.Ciph
 	defer pool.Close()
 	store := vault.NewStore(pool, ci, log, nil)
 	reg := runner.NewRegistry(runner.RegistryConfig{Pool: pool, Store: store, Buko: buko.NewClient(apiURL, nil), Logger: log})
-	sc := &simControl{base: apiURL, hc: &http.Client{Timeout: 10 * time.Second}}
-	defer sc.close()
-	call := func(path string, in, out any) error { return sc.call(ctx, http.MethodPost, path, in, out) }
+	sc := sim.NewControl(apiURL, sim.ControlOptions{HTTPClient: &http.Client{Timeout: 10 * time.Second}})
+	defer sc.CloseIdleConnections()
 
-	var user struct {
-		UserID string `json:"user_id"`
-	}
-	if err := call("/sim/users", map[string]any{"display_name": devUserName}, &user); err != nil {
+	user, err := sc.CreateUser(ctx, devUserName, "")
+	if err != nil {
 		return nil, err
 	}
 	const actor = "dev"
@@ -492,11 +489,8 @@ func seedDev(ctx context.Context, log zerolog.Logger, f *devFlags, ci vault.Ciph
 		{devEchoHandle, "Echo", runner.AgentEcho},
 		{devHTTPHandle, "Example Agent", runner.AgentHTTP},
 	} {
-		var created struct {
-			BotID string `json:"bot_id"`
-			Token string `json:"token"`
-		}
-		if err := call("/sim/bots", map[string]any{"handle": b.handle, "display_name": b.name}, &created); err != nil {
+		created, err := sc.CreateBot(ctx, sim.BotSettings{Handle: b.handle, DisplayName: b.name})
+		if err != nil {
 			return nil, err
 		}
 		tok, err := vault.ParseToken(created.Token)
@@ -521,10 +515,8 @@ func seedDev(ctx context.Context, log zerolog.Logger, f *devFlags, ci vault.Ciph
 		if _, err := reg.Add(ctx, req); err != nil {
 			return nil, fmt.Errorf("register %s: %w", b.handle, err)
 		}
-		var chat struct {
-			ChatID string `json:"chat_id"`
-		}
-		if err := call("/sim/chats/private", map[string]any{"user_id": user.UserID, "bot_id": created.BotID}, &chat); err != nil {
+		chat, err := sc.OpenPrivateChat(ctx, user.UserID, created.BotID)
+		if err != nil {
 			return nil, err
 		}
 		chats = append(chats, devChat{Handle: b.handle, BotID: created.BotID, ChatID: chat.ChatID, Agent: b.agent})

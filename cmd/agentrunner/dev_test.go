@@ -2,8 +2,7 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
-	"fmt"
+	"context"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/buko/sim/web/browser"
 	"buko.app/agentrunner/migrations/pgtest"
 )
@@ -135,50 +135,24 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	temporalPort, _ := strconv.Atoi(m[1])
 
-	sim := "http://" + simAddr
-	post := func(path string, in, res any) error {
-		b, _ := json.Marshal(in)
-		resp, err := http.Post(sim+path, "application/json", bytes.NewReader(b))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
-			return fmt.Errorf("%s: %s", path, resp.Status)
-		}
-		if res != nil {
-			return json.NewDecoder(resp.Body).Decode(res)
-		}
-		return nil
-	}
-	var user struct {
-		UserID string `json:"user_id"`
-	}
-	if err := post("/sim/users", map[string]any{"display_name": "Tester"}, &user); err != nil {
+	simURL := "http://" + simAddr
+	sc := sim.NewControl(simURL, sim.ControlOptions{})
+	user, err := sc.CreateUser(context.Background(), "Tester", "")
+	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
 	for handle, want := range map[string]string{devEchoHandle: "hello dev", devHTTPHandle: "The example agent got 2 word(s)"} {
 		ids := chats[handle]
-		var chat struct {
-			ChatID string `json:"chat_id"`
-		}
-		if err := post("/sim/chats/private", map[string]any{"user_id": user.UserID, "bot_id": ids[0]}, &chat); err != nil {
+		chat, err := sc.OpenPrivateChat(context.Background(), user.UserID, ids[0])
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := post("/sim/chats/"+chat.ChatID+"/messages", map[string]any{"user_id": user.UserID, "text": "hello dev"}, nil); err != nil {
+		if _, err := sc.Say(context.Background(), chat.ChatID, user.UserID, "hello dev"); err != nil {
 			t.Fatal(err)
 		}
 		for {
-			var msgs []struct {
-				FromKind string `json:"from_kind"`
-				Text     string `json:"text"`
-			}
-			resp, err := http.Get(sim + "/sim/chats/" + chat.ChatID + "/messages")
-			if err == nil {
-				_ = json.NewDecoder(resp.Body).Decode(&msgs)
-				resp.Body.Close()
-			}
+			msgs, _ := sc.Transcript(context.Background(), chat.ChatID, "")
 			found := false
 			for _, m := range msgs {
 				found = found || (m.FromKind == "bot" && strings.HasPrefix(m.Text, want))
@@ -211,7 +185,7 @@ func TestDevEndToEnd(t *testing.T) {
 	// What a person sees: the simulator page and the status page in a real
 	// browser (skipped without Chromium, failed then under CI).
 	t.Run("browser", func(t *testing.T) {
-		devBrowser(t, sim, "http://"+adminAddr, strings.TrimSpace(string(tok)), chats[devEchoHandle][1])
+		devBrowser(t, simURL, "http://"+adminAddr, strings.TrimSpace(string(tok)), chats[devEchoHandle][1])
 	})
 	select {
 	case err := <-exited:

@@ -234,12 +234,10 @@ func TestServeTemporalEndToEnd(t *testing.T) {
 	start := time.Now()
 	env.Send(t, bots[0], "hello through temporal")
 	waitFor(t, done, 90*time.Second, "the echo reply", func() bool {
-		var msgs []struct {
-			FromKind string `json:"from_kind"`
-			FromID   string `json:"from_id"`
-			Text     string `json:"text"`
+		msgs, err := env.Control.Transcript(context.Background(), bots[0].ChatID, "")
+		if err != nil {
+			t.Fatal(err)
 		}
-		env.Call(t, "GET", "/sim/chats/"+bots[0].ChatID+"/messages", nil, &msgs)
 		for _, m := range msgs {
 			if m.FromKind == "bot" && m.FromID == bots[0].ID && m.Text == "hello through temporal" {
 				return true

@@ -12,13 +12,15 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/api"
+
+	"buko.app/agentrunner/buko/sim"
 )
 
 func TestVaultRotateKeyAndRewrapLocal(t *testing.T) {
 	f := newCLIFix(t)
 	var ids []string
 	for i := range 5 {
-		id, tok := f.simBot(t, map[string]any{"handle": fmt.Sprintf("rw_bot_%d", i)})
+		id, tok := f.simBot(t, sim.BotSettings{Handle: fmt.Sprintf("rw_bot_%d", i)})
 		f.mustRun(t, tok, append([]string{"bots", "add", "--handle", fmt.Sprintf("rw_bot_%d", i)}, f.full()...)...)
 		ids = append(ids, id)
 	}
@@ -104,7 +106,7 @@ func TestVaultCommandsTransit(t *testing.T) {
 	withBuko := func(args ...string) []string { return append(transit(args...), "--buko-api-url", f.sim.URL) }
 	var ids []string
 	for i := range 3 {
-		id, tok := f.simBot(t, map[string]any{"handle": fmt.Sprintf("tr_bot_%d", i)})
+		id, tok := f.simBot(t, sim.BotSettings{Handle: fmt.Sprintf("tr_bot_%d", i)})
 		f.mustRun(t, tok, withBuko("bots", "add", "--handle", fmt.Sprintf("tr_bot_%d", i))...)
 		ids = append(ids, id)
 	}

@@ -3,11 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"go.temporal.io/api/temporalproto"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows"
 	"buko.app/agentrunner/workflows/codec"
@@ -75,7 +74,7 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 	if !strings.Contains(string(kf), `"k1": "local:`) {
 		t.Fatalf("key not wrapped by the keyring:\n%s", kf)
 	}
-	id, tok := f.simBot(t, map[string]any{"handle": "worker_bot", "display_name": "Worker Bot"})
+	id, tok := f.simBot(t, sim.BotSettings{Handle: "worker_bot", DisplayName: "Worker Bot"})
 	f.mustRun(t, tok+"\n", append([]string{"bots", "add", "--handle", "worker_bot", "--agent", "echo"}, f.full()...)...)
 
 	queue := fmt.Sprintf("worker-cmd-%d", time.Now().UnixNano())
@@ -117,16 +116,19 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 	t.Cleanup(stopWorker)
 
 	// A user writes; the test plays the session: poll, hand off.
-	var u struct {
-		UserID string `json:"user_id"`
+	sc := sim.NewControl(f.sim.URL, sim.ControlOptions{})
+	u, err := sc.CreateUser(ctx, "Una", "una")
+	if err != nil {
+		t.Fatal(err)
 	}
-	post(t, f.sim.URL+"/sim/users", map[string]any{"display_name": "Una", "handle": "una"}, &u)
-	var c struct {
-		ChatID string `json:"chat_id"`
+	c, err := sc.OpenPrivateChat(ctx, u.UserID, id)
+	if err != nil {
+		t.Fatal(err)
 	}
-	post(t, f.sim.URL+"/sim/chats/private", map[string]any{"user_id": u.UserID, "bot_id": id}, &c)
 	secretText := "a personal note " + fmt.Sprint(time.Now().UnixNano())
-	post(t, f.sim.URL+"/sim/chats/"+c.ChatID+"/messages", map[string]any{"user_id": u.UserID, "text": secretText}, nil)
+	if _, err := sc.Say(ctx, c.ChatID, u.UserID, secretText); err != nil {
+		t.Fatal(err)
+	}
 
 	ci, err := vault.Open(ctx, vault.Config{Cipher: vault.KindLocal, Keyring: f.keyring})
 	if err != nil {
@@ -163,11 +165,10 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("bot replies %q", replies)
 		}
-		var tr []struct {
-			FromKind string `json:"from_kind"`
-			Text     string `json:"text"`
+		tr, err := sc.Transcript(ctx, c.ChatID, "")
+		if err != nil {
+			t.Fatal(err)
 		}
-		get(t, f.sim.URL+"/sim/chats/"+c.ChatID+"/messages", &tr)
 		replies = replies[:0]
 		for _, m := range tr {
 			if m.FromKind == "bot" {
@@ -210,34 +211,3 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 
 // keyringArgs are the cipher flags alone (codec commands take no database).
 func keyringArgs(f *cliFix) []string { return []string{"--cipher", "local", "--keyring", f.keyring} }
-
-func post(t *testing.T, url string, in, out any) {
-	t.Helper()
-	b, _ := json.Marshal(in)
-	resp, err := http.Post(url, "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		body, _ := io.ReadAll(resp.Body)
-		t.Fatalf("POST %s: %d %s", url, resp.StatusCode, body)
-	}
-	if out != nil {
-		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func get(t *testing.T, url string, out any) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		t.Fatal(err)
-	}
-}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
@@ -72,11 +73,7 @@ func track(env *runnertest.Env, every time.Duration) *tracker {
 	go func() {
 		defer close(tr.done)
 		for {
-			var views []struct {
-				BotID       string `json:"bot_id"`
-				GatewayOpen int    `json:"gateway_open"`
-			}
-			err := tr.env.CallErr("GET", "/sim/bots", nil, &views)
+			views, err := tr.env.Control.Bots(context.Background())
 			now := time.Now()
 			if err == nil {
 				tr.observe(now, views)
@@ -91,10 +88,7 @@ func track(env *runnertest.Env, every time.Duration) *tracker {
 	return tr
 }
 
-func (tr *tracker) observe(now time.Time, views []struct {
-	BotID       string `json:"bot_id"`
-	GatewayOpen int    `json:"gateway_open"`
-}) {
+func (tr *tracker) observe(now time.Time, views []sim.BotView) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	tr.polls++
@@ -265,11 +259,7 @@ func BenchmarkFleetTakeover(b *testing.B) {
 	sawDown := map[string]bool{}
 	deadline := killed.Add(ttl + 2*time.Minute)
 	for len(back) < len(victims) && time.Now().Before(deadline) {
-		var views []struct {
-			BotID       string `json:"bot_id"`
-			GatewayOpen int    `json:"gateway_open"`
-		}
-		env.Call(b, "GET", "/sim/bots", nil, &views)
+		views := env.SimBots(b)
 		now := time.Since(killed)
 		for _, v := range views {
 			if !victims[v.BotID] {

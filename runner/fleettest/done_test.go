@@ -224,11 +224,10 @@ func TestFleetBotChangesTakeEffect(t *testing.T) {
 	cli("", "bots", "remove", target.ID, "--yes")
 	took("remove took effect", func() bool { return !isLive(target.ID) })
 
-	var created struct {
-		BotID string `json:"bot_id"`
-		Token string `json:"token"`
+	created, err := env.Control.CreateBot(context.Background(), sim.BotSettings{Handle: "cli_new", DisplayName: "new"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	env.Call(t, "POST", "/sim/bots", map[string]any{"handle": "cli_new", "display_name": "new"}, &created)
 	id := cli(created.Token+"\n", "bots", "add", "--handle", "cli_new")
 	if id != created.BotID {
 		t.Fatalf("bots add printed %q, want the bot id %s", id, created.BotID)
@@ -255,14 +254,18 @@ func TestFleetChaosLosesNothing(t *testing.T) {
 	f.start("b", "")
 	f.allLive("the gateway bots live", runnertest.IDs(bots[2:]), 90*time.Second)
 
-	env.Call(t, "PUT", "/sim/chaos", map[string]any{
-		"seed": 7, "drop_connection_rate": 0.08, "duplicate_delivery_rate": 0.2,
-		"rest_5xx_rate": 0.1, "rest_429_rate": 0.1, "response_lost_rate": 0.05,
-	}, nil)
+	if _, err := env.Control.SetChaos(context.Background(), sim.ChaosConfig{
+		Seed: 7, DropConnectionRate: 0.08, DuplicateDeliveryRate: 0.2,
+		Rest5xxRate: 0.1, Rest429Rate: 0.1, ResponseLostRate: 0.05,
+	}); err != nil {
+		t.Fatal(err)
+	}
 	snd := startSender(env, bots, "chaos", 15*time.Millisecond)
 	snd.waitSent(t, 400, 3*time.Minute) // traffic under chaos: an amount, not a duration
 	sent := snd.finish(t)
-	env.Call(t, "PUT", "/sim/chaos", map[string]any{}, nil)
+	if _, err := env.Control.SetChaos(context.Background(), sim.ChaosConfig{}); err != nil {
+		t.Fatal(err)
+	}
 	f.handedOffOnce(sent, 120*time.Second)
 	st := env.Stats(t)
 	t.Logf("chaos: %d dropped connections, %d duplicated frames, %d REST 5xx, %d REST 429, %d rate-limited upgrades",

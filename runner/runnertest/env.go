@@ -1,12 +1,9 @@
 package runnertest
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,7 +31,8 @@ type Env struct {
 	Pool    *pgxpool.Pool
 	Store   *vault.Store
 	Sim     *sim.Server
-	hc      *http.Client
+	// Control is the simulator's control API (the typed client).
+	Control *sim.Control
 }
 
 // EnvOptions tune NewEnv.
@@ -71,8 +69,8 @@ func NewEnv(t testing.TB, o EnvOptions) *Env {
 	tr.MaxIdleConnsPerHost = 64
 	return &Env{
 		SimURL: srv.URL, DSN: dsn, Keyring: keyring, Pool: pool, Sim: s,
-		Store: vault.NewStore(pool, cipher, zerolog.Nop(), nil),
-		hc:    &http.Client{Timeout: 60 * time.Second, Transport: tr},
+		Store:   vault.NewStore(pool, cipher, zerolog.Nop(), nil),
+		Control: sim.NewControl(srv.URL, sim.ControlOptions{HTTPClient: &http.Client{Timeout: 60 * time.Second, Transport: tr}}),
 	}
 }
 
@@ -80,51 +78,6 @@ func NewEnv(t testing.TB, o EnvOptions) *Env {
 type Bot struct {
 	ID, Handle     string
 	UserID, ChatID string
-}
-
-// Call makes one control API call and decodes the answer into out (may be nil).
-func (e *Env) Call(t testing.TB, method, path string, in, out any) {
-	t.Helper()
-	if err := e.call(method, path, in, out); err != nil {
-		t.Fatalf("runnertest: %v", err)
-	}
-}
-
-// CallErr is Call for goroutines: it returns the error.
-func (e *Env) CallErr(method, path string, in, out any) error { return e.call(method, path, in, out) }
-
-func (e *Env) call(method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, e.SimURL+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := e.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s %s: HTTP %d: %.300s", method, path, resp.StatusCode, data)
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%s %s: decode: %w", method, path, err)
-		}
-	}
-	return nil
 }
 
 // shardOf mirrors runner.ShardOf (FNV-1a 32 of the id, mod n); runner's
@@ -150,12 +103,9 @@ func (e *Env) AddBots(t testing.TB, n int, prefix string) []Bot {
 	var mu sync.Mutex
 	var firstErr error
 	parallel(n, 16, func(i int) {
-		var created struct {
-			BotID string `json:"bot_id"`
-			Token string `json:"token"`
-		}
 		handle := fmt.Sprintf("%s%d", prefix, i)
-		if err := e.call("POST", "/sim/bots", map[string]any{"handle": handle, "display_name": handle}, &created); err != nil {
+		created, err := e.Control.CreateBot(ctx, sim.BotSettings{Handle: handle, DisplayName: handle})
+		if err != nil {
 			mu.Lock()
 			firstErr = err
 			mu.Unlock()
@@ -212,17 +162,13 @@ func (e *Env) OpenChats(t testing.TB, bots []Bot) {
 	t.Helper()
 	var mu sync.Mutex
 	var firstErr error
+	ctx := context.Background()
 	parallel(len(bots), 16, func(i int) {
 		b := &bots[i]
-		var u struct {
-			UserID string `json:"user_id"`
-		}
-		var c struct {
-			ChatID string `json:"chat_id"`
-		}
-		err := e.call("POST", "/sim/users", map[string]any{"display_name": "user of " + b.Handle}, &u)
+		var c sim.StartedChat
+		u, err := e.Control.CreateUser(ctx, "user of "+b.Handle, "")
 		if err == nil {
-			err = e.call("POST", "/sim/chats/private", map[string]any{"user_id": u.UserID, "bot_id": b.ID}, &c)
+			c, err = e.Control.OpenPrivateChat(ctx, u.UserID, b.ID)
 		}
 		if err != nil {
 			mu.Lock()
@@ -247,22 +193,27 @@ func (e *Env) Send(t testing.TB, b Bot, text string) {
 
 // SendErr is Send for goroutines: it returns the error.
 func (e *Env) SendErr(b Bot, text string) error {
-	return e.call("POST", "/sim/chats/"+b.ChatID+"/messages", map[string]any{"user_id": b.UserID, "text": text}, nil)
+	_, err := e.Control.Say(context.Background(), b.ChatID, b.UserID, text)
+	return err
 }
 
 // Stats returns the simulator's counters.
 func (e *Env) Stats(t testing.TB) sim.Stats {
 	t.Helper()
-	var st sim.Stats
-	e.Call(t, "GET", "/sim/stats", nil, &st)
+	st, err := e.Control.Stats(context.Background())
+	if err != nil {
+		t.Fatalf("runnertest: %v", err)
+	}
 	return st
 }
 
 // SimBots lists the simulator's bots with their open sockets and acks.
 func (e *Env) SimBots(t testing.TB) []sim.BotView {
 	t.Helper()
-	var out []sim.BotView
-	e.Call(t, "GET", "/sim/bots", nil, &out)
+	out, err := e.Control.Bots(context.Background())
+	if err != nil {
+		t.Fatalf("runnertest: %v", err)
+	}
 	return out
 }
 
