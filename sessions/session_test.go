@@ -371,7 +371,7 @@ func TestRateLimitedUpgradeHonoursRetryAfter(t *testing.T) {
 	// Two connections allowed: the server may still count the socket a
 	// Reconnect is closing when the next upgrade arrives, and a 409 for it
 	// would use up one of the two attempts this test counts.
-	f := newFixture(t, e, 1, map[string]any{"gateway_connection_limit": 2})
+	f := newFixture(t, e, 1, &sim.BotSettings{GatewayConnectionLimit: 2})
 	states := &stateLog{}
 	cfg := f.config()
 	cfg.OnState = states.on
