@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // TestAppRoleDecryptOnlyAndRelogin logs in with an AppRole whose policy may
@@ -34,12 +36,12 @@ func TestAppRoleDecryptOnlyAndRelogin(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	mount := "approle-" + randHex(4)
+	mount := "approle-" + testsupport.RandHex(4)
 	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, mount, &api.EnableAuthOptions{Type: "approle"}); err != nil {
 		t.Fatalf("enable approle: %v", err)
 	}
 	t.Cleanup(func() { _ = root.Sys().DisableAuth(mount) })
-	policy := "decrypt-" + randHex(4)
+	policy := "decrypt-" + testsupport.RandHex(4)
 	if err := root.Sys().PutPolicyWithContext(ctx, policy, fmt.Sprintf(`path "transit/decrypt/%s" { capabilities = ["update"] }`, key)); err != nil {
 		t.Fatal(err)
 	}
@@ -115,11 +117,11 @@ func TestKubernetesAuthWiring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy := "k8s-decrypt-" + randHex(4)
+	policy := "k8s-decrypt-" + testsupport.RandHex(4)
 	if err := root.Sys().PutPolicyWithContext(ctx, policy, fmt.Sprintf(`path "transit/decrypt/%s" { capabilities = ["update"] }`, key)); err != nil {
 		t.Fatal(err)
 	}
-	jwt := "eyJhbGciOiJSUzI1NiJ9." + randHex(20) + ".sig"
+	jwt := "eyJhbGciOiJSUzI1NiJ9." + testsupport.RandHex(20) + ".sig"
 	jwtFile := filepath.Join(t.TempDir(), "sa-token")
 	if err := os.WriteFile(jwtFile, []byte(jwt), 0o600); err != nil {
 		t.Fatal(err)
@@ -188,7 +190,7 @@ func TestTokenAuthRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy := "renew-" + randHex(4)
+	policy := "renew-" + testsupport.RandHex(4)
 	if err := root.Sys().PutPolicyWithContext(ctx, policy, fmt.Sprintf(`path "transit/decrypt/%s" { capabilities = ["update"] }`, key)); err != nil {
 		t.Fatal(err)
 	}

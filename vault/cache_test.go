@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // countingCipher is a real cipher that counts Decrypt calls and items, and
@@ -123,7 +125,7 @@ func TestCacheInvalidateUnchangedRowDoesNotDecrypt(t *testing.T) {
 				t.Fatalf("revalidated %d (metric %v), loads metric %v", c.Revalidated(), testutil.ToFloat64(m.cacheReval), testutil.ToFloat64(m.cacheLoads))
 			}
 			// The row changes (a rotation): decrypted again.
-			newTok := mustToken(t, "bot_rotated_"+name+"_"+randHex(4))
+			newTok := mustToken(t, "bot_rotated_"+name+"_"+testsupport.RandHex(4))
 			sealed, err := s.Seal(ctx, id, newTok)
 			if err != nil {
 				t.Fatal(err)

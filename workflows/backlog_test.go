@@ -18,6 +18,7 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/workflows/agents"
 )
 
@@ -160,12 +161,12 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	reg := agents.Builtin()
 	reg["gate"] = func(json.RawMessage) (agents.Agent, error) { return gate, nil }
 	e.startWorker(WorkerOptions{Agents: reg})
-	bot := BotSpec{ID: "bot_backlog_" + randomHex(3), Handle: "backlog_bot", DisplayName: "Backlog", Tier: TierOfficial, Agent: "gate"}
+	bot := BotSpec{ID: "bot_backlog_" + testsupport.RandHex(3), Handle: "backlog_bot", DisplayName: "Backlog", Tier: TierOfficial, Agent: "gate"}
 	e.bots.set(bot)
-	chat := "spc_backlog_" + randomHex(3)
+	chat := "spc_backlog_" + testsupport.RandHex(3)
 	ups := make([]buko.Update, n)
 	for i := range ups {
-		ups[i] = textUpdate(fmt.Sprint(100000+i), chat, randomHex(512)) // 1 KiB of text each
+		ups[i] = textUpdate(fmt.Sprint(100000+i), chat, testsupport.RandHex(512)) // 1 KiB of text each
 	}
 	id := WorkflowID(bot.ID, chat)
 
@@ -260,7 +261,7 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 	bot := e.newBot("rotate_bot", "echo", nil)
 	user := e.newUser("Rita")
 	chat := e.startChat(user, bot.ID)
-	e.say(chat, user, "answer me once "+randomHex(4))
+	e.say(chat, user, "answer me once "+testsupport.RandHex(4))
 	ups := e.updates(bot, 3)
 	for _, u := range ups {
 		e.hand(bot.ID, u)
@@ -294,7 +295,7 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 		t.Fatalf("after the redelivery: replies %q, run result %+v; want 2 replies, the redelivery dropped", replyTexts(r), res)
 	}
 	// A new update is still answered.
-	e.say(chat, user, "and this one too "+randomHex(4))
+	e.say(chat, user, "and this one too "+testsupport.RandHex(4))
 	for _, u := range e.updates(bot, 1) {
 		e.hand(bot.ID, u)
 	}

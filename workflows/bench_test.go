@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/sessions"
 )
 
@@ -90,7 +91,7 @@ func BenchmarkIngest(b *testing.B) {
 		workers = 16
 		chunk   = 100
 	)
-	queue := "bench-ingest-" + randomHex(4)
+	queue := "bench-ingest-" + testsupport.RandHex(4)
 	h := NewHandoff(coded, queue).WithMetrics(NewMetrics(prometheus.NewRegistry()))
 	var seq atomic.Int64
 	send := func(mode string) error {

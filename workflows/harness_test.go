@@ -3,8 +3,6 @@ package workflows
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,6 +23,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/codec"
 )
@@ -68,20 +67,7 @@ func TestMain(m *testing.M) {
 
 func temporalAddress(t testing.TB) string {
 	t.Helper()
-	addr := os.Getenv("TEMPORAL_ADDRESS")
-	if addr == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TEMPORAL_ADDRESS is not set (CI=true): run `make services` and source ~/.cache/agentrunner/run/services.env")
-		}
-		t.Skip("SKIPPING Temporal integration test: TEMPORAL_ADDRESS is not set (run `make services`, then source ~/.cache/agentrunner/run/services.env)")
-	}
-	return addr
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	return testsupport.Getenv(t, "Temporal", "TEMPORAL_ADDRESS", testsupport.ServicesHint)
 }
 
 // testNamespace registers (once per process) a fresh namespace and waits until it serves.
@@ -89,7 +75,7 @@ func testNamespace(t testing.TB) string {
 	t.Helper()
 	addr := temporalAddress(t)
 	testRun.once.Do(func() {
-		ns := "agentrunner-test-" + randomHex(4)
+		ns := "agentrunner-test-" + testsupport.RandHex(4)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		nc, err := client.NewNamespaceClient(client.Options{HostPort: addr, Logger: NewLogger(zerolog.Nop())})
@@ -168,7 +154,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	ns := testNamespace(t)
-	e := &env{t: t, ns: ns, queue: "test-" + t.Name() + "-" + randomHex(3), keys: testKeys(t),
+	e := &env{t: t, ns: ns, queue: "test-" + t.Name() + "-" + testsupport.RandHex(3), keys: testKeys(t),
 		tokens: &memTokens{m: map[string]vault.Token{}}, bots: &memBots{m: map[string]BotSpec{}}, marks: &memMarks{m: map[string]buko.UpdateID{}}, reg: prometheus.NewRegistry()}
 	e.metrics = NewMetrics(e.reg)
 	s := sim.New(sim.Options{})
@@ -271,7 +257,7 @@ func (e *env) newUser(name string) string {
 	var out struct {
 		UserID string `json:"user_id"`
 	}
-	e.ctl("POST", "/sim/users", map[string]any{"display_name": name, "handle": strings.ToLower(name) + randomHex(2)}, &out)
+	e.ctl("POST", "/sim/users", map[string]any{"display_name": name, "handle": strings.ToLower(name) + testsupport.RandHex(2)}, &out)
 	return out.UserID
 }
 

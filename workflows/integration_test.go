@@ -19,6 +19,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/workflows/agents"
 )
 
@@ -36,7 +37,7 @@ func TestIntegrationEchoDuplicateProcessedOnce(t *testing.T) {
 	bot := e.newBot("echo_dup", "echo", nil)
 	user := e.newUser("Alice")
 	chat := e.startChat(user, bot.ID) // my_chat_member + /start
-	msg := e.say(chat, user, "hello duplicate "+randomHex(4))
+	msg := e.say(chat, user, "hello duplicate "+testsupport.RandHex(4))
 	ups := e.updates(bot, 3)
 	for _, u := range ups {
 		e.hand(bot.ID, u)
@@ -105,7 +106,7 @@ func TestIntegrationOrderWithinChatUnderConcurrency(t *testing.T) {
 	}
 	for n := 0; n < perChat; n++ {
 		for _, c := range cs {
-			txt := fmt.Sprintf("chat %s msg %d %s", c.id, n, randomHex(2))
+			txt := fmt.Sprintf("chat %s msg %d %s", c.id, n, testsupport.RandHex(2))
 			c.texts = append(c.texts, txt)
 			e.say(c.id, c.userID, txt)
 		}
@@ -155,7 +156,7 @@ func TestIntegrationChaosRetriedReplyOnce(t *testing.T) {
 	const n = 8
 	var texts []string
 	for i := 0; i < n; i++ {
-		texts = append(texts, fmt.Sprintf("chaos %d %s", i, randomHex(2)))
+		texts = append(texts, fmt.Sprintf("chaos %d %s", i, testsupport.RandHex(2)))
 		e.say(chat, user, texts[i])
 	}
 	ups := e.updates(bot, n+2)
@@ -217,7 +218,7 @@ func TestIntegrationRedeliveryAfterContinueAsNewDropped(t *testing.T) {
 	user := e.newUser("Erin")
 	chat := e.startChat(user, bot.ID)
 	for i := 0; i < 4; i++ {
-		e.say(chat, user, fmt.Sprintf("can %d %s", i, randomHex(2)))
+		e.say(chat, user, fmt.Sprintf("can %d %s", i, testsupport.RandHex(2)))
 	}
 	ups := e.updates(bot, 6)
 	for _, u := range ups {
@@ -338,7 +339,7 @@ func TestIntegrationZZHistoryScan(t *testing.T) {
 	bot := e.newBot("scan_bot", "echo", nil)
 	user := e.newUser("Grace")
 	chat := e.startChat(user, bot.ID)
-	e.say(chat, user, "my secret diary entry "+randomHex(6))
+	e.say(chat, user, "my secret diary entry "+testsupport.RandHex(6))
 	for _, u := range e.updates(bot, 3) {
 		e.hand(bot.ID, u)
 	}

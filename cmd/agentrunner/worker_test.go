@@ -19,6 +19,7 @@ import (
 	"go.temporal.io/api/temporalproto"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows"
 	"buko.app/agentrunner/workflows/codec"
@@ -26,14 +27,7 @@ import (
 
 func needTemporal(t *testing.T) string {
 	t.Helper()
-	addr := os.Getenv("TEMPORAL_ADDRESS")
-	if addr == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TEMPORAL_ADDRESS is not set (CI=true)")
-		}
-		t.Skip("SKIPPING: TEMPORAL_ADDRESS is not set (run `make services` and source ~/.cache/agentrunner/run/services.env)")
-	}
-	return addr
+	return testsupport.Getenv(t, "Temporal", "TEMPORAL_ADDRESS", testsupport.ServicesHint)
 }
 
 func TestCodecCommandsRejectBadUse(t *testing.T) {
