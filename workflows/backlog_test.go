@@ -173,7 +173,7 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	l := e.runLane(t, bot.ID, ups)
 	// The agent holds the first update; the lane hands off until the chat
 	// is held back (or, without back-pressure, everything went in).
-	waitFor(t, "the lane to be held back or done", func() (bool, string) {
+	testsupport.Until(t, "the lane to be held back or done", waitLimit, func() (bool, string) {
 		h, b, r := l.counts()
 		select {
 		case <-l.done:
@@ -215,7 +215,7 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	if len(answered) != n {
 		t.Fatalf("%d answers for %d updates", len(answered), n)
 	}
-	waitFor(t, "the chain's state", func() (bool, string) {
+	testsupport.Until(t, "the chain's state", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == n && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -266,7 +266,7 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "greeting and echo", func() (bool, string) {
+	testsupport.Until(t, "greeting and echo", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 2, fmt.Sprint(replyTexts(r))
 	})
@@ -281,12 +281,12 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 			return info.Execution.RunId != runID && info.Status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED, info.Status.String()
 		}
 	}
-	waitFor(t, "the chat workflow to end for quiet time", ended(""))
+	testsupport.Until(t, "the chat workflow to end for quiet time", waitLimit, ended(""))
 	first, _ := e.c.DescribeWorkflowExecution(context.Background(), id, "")
 
 	// Much later (a token rotation, a new owner): Buko redelivers the last update.
 	e.hand(bot.ID, ups[2])
-	waitFor(t, "the redelivery's run to end", ended(first.WorkflowExecutionInfo.Execution.RunId))
+	testsupport.Until(t, "the redelivery's run to end", waitLimit, ended(first.WorkflowExecutionInfo.Execution.RunId))
 	var res ChatResult
 	if err := e.c.GetWorkflow(context.Background(), id, "").Get(context.Background(), &res); err != nil {
 		t.Fatal(err)
@@ -299,7 +299,7 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 	for _, u := range e.updates(bot, 1) {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "the new update's reply", func() (bool, string) {
+	testsupport.Until(t, "the new update's reply", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 3, fmt.Sprint(replyTexts(r))
 	})

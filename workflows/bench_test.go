@@ -42,7 +42,7 @@ func TestIntegrationGatewaySessionToReply(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		e.say(chat, user, fmt.Sprintf("via gateway %d", i))
 	}
-	waitFor(t, "six replies", func() (bool, string) {
+	testsupport.Until(t, "six replies", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 6, fmt.Sprint(replyTexts(r))
 	})
@@ -182,7 +182,7 @@ func BenchmarkEchoLatency(b *testing.B) {
 		ps = append(ps, pair{bot, c, u})
 	}
 	for _, p := range ps { // the greetings
-		waitFor(b, "greeting", func() (bool, string) { return len(e.botReplies(p.chat)) == 1, "" })
+		testsupport.Until(b, "greeting", waitLimit, func() (bool, string) { return len(e.botReplies(p.chat)) == 1, "" })
 	}
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()

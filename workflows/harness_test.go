@@ -351,21 +351,9 @@ func (e *env) state(botID, chatID string) (StateView, error) {
 	return sv, err
 }
 
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t testing.TB, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	var last string
-	for time.Now().Before(deadline) {
-		ok, s := cond()
-		if ok {
-			return
-		}
-		last = s
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s (last: %s)", what, last)
-}
+// waitLimit bounds the waits of the Temporal-backed tests (generous: one
+// update's path crosses several workflows and activities).
+const waitLimit = 2 * time.Minute
 
 // ---- worker-side dependencies ----
 

@@ -43,13 +43,13 @@ func TestIntegrationEchoDuplicateProcessedOnce(t *testing.T) {
 		e.hand(bot.ID, u)
 		e.hand(bot.ID, u) // at-least-once delivery: the same update twice
 	}
-	waitFor(t, "two bot replies", func() (bool, string) {
+	testsupport.Until(t, "two bot replies", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) >= 2, fmt.Sprint(replyTexts(r))
 	})
 	// Redeliver once more after processing; then wait until the workflow has seen it.
 	e.hand(bot.ID, ups[2])
-	waitFor(t, "four duplicates dropped", func() (bool, string) {
+	testsupport.Until(t, "four duplicates dropped", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Duplicates == 4 && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -136,7 +136,7 @@ func TestIntegrationOrderWithinChatUnderConcurrency(t *testing.T) {
 	}
 	wg.Wait()
 	for _, c := range cs {
-		waitFor(t, "all replies in "+c.id, func() (bool, string) {
+		testsupport.Until(t, "all replies in "+c.id, waitLimit, func() (bool, string) {
 			r := e.botReplies(c.id)
 			return len(r) >= perChat+1, fmt.Sprint(len(r))
 		})
@@ -164,7 +164,7 @@ func TestIntegrationChaosRetriedReplyOnce(t *testing.T) {
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "all replies through chaos", func() (bool, string) {
+	testsupport.Until(t, "all replies through chaos", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == n+2 && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -195,7 +195,7 @@ func TestIntegrationForbiddenNotRetried(t *testing.T) {
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "all updates processed", func() (bool, string) {
+	testsupport.Until(t, "all updates processed", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == 3, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -224,14 +224,14 @@ func TestIntegrationRedeliveryAfterContinueAsNewDropped(t *testing.T) {
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "six processed across runs", func() (bool, string) {
+	testsupport.Until(t, "six processed across runs", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == 6 && st.Runs >= 2, fmt.Sprintf("%+v %v", st, err)
 	})
 	for _, u := range []buko.Update{ups[0], ups[3], ups[5]} {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "redeliveries dropped", func() (bool, string) {
+	testsupport.Until(t, "redeliveries dropped", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Duplicates == 3 && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -285,14 +285,14 @@ func TestIntegrationFairnessFloodingBotDoesNotStarveOthers(t *testing.T) {
 	for _, u := range e.updates(flood, 2*floodChats) {
 		e.hand(flood.ID, u)
 	}
-	waitFor(t, "flood bot to hold its slots", func() (bool, string) { return seen() >= 2, fmt.Sprint(seen()) })
+	testsupport.Until(t, "flood bot to hold its slots", waitLimit, func() (bool, string) { return seen() >= 2, fmt.Sprint(seen()) })
 	qu := e.newUser("Quiet")
 	qc := e.startChat(qu, quiet.ID)
 	e.say(qc, qu, "am I starved?")
 	for _, u := range e.updates(quiet, 3) {
 		e.hand(quiet.ID, u)
 	}
-	waitFor(t, "the quiet bot's replies while the flood is stuck", func() (bool, string) {
+	testsupport.Until(t, "the quiet bot's replies while the flood is stuck", waitLimit, func() (bool, string) {
 		r := e.botReplies(qc)
 		return len(r) == 2, fmt.Sprint(replyTexts(r))
 	})
@@ -300,7 +300,7 @@ func TestIntegrationFairnessFloodingBotDoesNotStarveOthers(t *testing.T) {
 		t.Errorf("flood bot ran %d agent calls at once, bound is 2", m)
 	}
 	release()
-	waitFor(t, "the flood to drain", func() (bool, string) { return seen() >= 2*floodChats, fmt.Sprint(seen()) })
+	testsupport.Until(t, "the flood to drain", waitLimit, func() (bool, string) { return seen() >= 2*floodChats, fmt.Sprint(seen()) })
 }
 
 func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
@@ -317,7 +317,7 @@ func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
 	for _, u := range e.updates(bot, 2) {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "failures recorded", func() (bool, string) {
+	testsupport.Until(t, "failures recorded", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Failures == 2 && st.Processed == 2, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -325,7 +325,7 @@ func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
 	if !strings.Contains(st.LastError, ErrTypeAgentReply) {
 		t.Errorf("last error %q does not name %s", st.LastError, ErrTypeAgentReply)
 	}
-	waitFor(t, "the failure notice", func() (bool, string) {
+	testsupport.Until(t, "the failure notice", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 1 && r[0].Text == FailureNotice, fmt.Sprint(replyTexts(r))
 	})
@@ -343,7 +343,7 @@ func TestIntegrationZZHistoryScan(t *testing.T) {
 	for _, u := range e.updates(bot, 3) {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "replies", func() (bool, string) { return len(e.botReplies(chat)) == 2, "" })
+	testsupport.Until(t, "replies", waitLimit, func() (bool, string) { return len(e.botReplies(chat)) == 2, "" })
 
 	testRun.mu.Lock()
 	secrets := append([]string(nil), testRun.secrets...)

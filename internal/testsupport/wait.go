@@ -25,19 +25,19 @@ func Timeout(d time.Duration) time.Duration {
 // Eventually polls cond until it holds, and fails t after [Timeout]([DefaultWait]).
 func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	Within(t, DefaultWait, what, cond)
+	Within(t, what, DefaultWait, cond)
 }
 
 // Within is [Eventually] bounded by [Timeout](d).
-func Within(t testing.TB, d time.Duration, what string, cond func() bool) {
+func Within(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	Until(t, d, what, func() (bool, string) { return cond(), "" })
+	Until(t, what, d, func() (bool, string) { return cond(), "" })
 }
 
 // Until is [Within] for a condition that says what it sees: cond returns
 // whether it holds and, when not, the state that the failure reports (the
 // last one seen).
-func Until(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
+func Until(t testing.TB, what string, d time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	d = Timeout(d)
 	deadline := time.Now().Add(d)
@@ -62,11 +62,11 @@ func Until(t testing.TB, d time.Duration, what string, cond func() (bool, string
 // [Timeout]([DefaultWait]) or ch is closed.
 func Receive[T any](t testing.TB, what string, ch <-chan T) T {
 	t.Helper()
-	return ReceiveWithin(t, DefaultWait, what, ch)
+	return ReceiveWithin(t, what, DefaultWait, ch)
 }
 
 // ReceiveWithin is [Receive] bounded by [Timeout](d).
-func ReceiveWithin[T any](t testing.TB, d time.Duration, what string, ch <-chan T) T {
+func ReceiveWithin[T any](t testing.TB, what string, d time.Duration, ch <-chan T) T {
 	t.Helper()
 	d = Timeout(d)
 	timer := time.NewTimer(d)
