@@ -376,7 +376,7 @@ func TestDuplicateRunnerIDIsRefused(t *testing.T) {
 		if first.count() != 128 {
 			t.Fatalf("the first lost shards to the duplicate: holds %d", first.count())
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // deliberate negative check: sample for 2 TTLs that nothing moves
 	}
 	// Once the first is gone, the second takes over.
 	first.stop()
@@ -578,7 +578,8 @@ func TestRenewalsOutliveStuckFencedWrites(t *testing.T) {
 		if got := a.count(); got != 128 {
 			t.Fatalf("a holds %d shards, want 128", got)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // deliberate negative check: sample for 3 TTLs that nothing fences
+
 	}
 	if got := testutil.ToFloat64(m.selfFencing); got != 0 {
 		t.Fatalf("self_fencing_total = %v", got)

@@ -23,6 +23,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // ---- the simulator ----
@@ -501,13 +502,9 @@ func noSessionGoroutines(t testing.TB) {
 		}
 		return dump == ""
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("session goroutines left behind:\n%s", dump)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testsupport.Until(t, "no session goroutines", 30*time.Second, func() (bool, string) {
+		return ok(), "session goroutines left behind:\n" + dump
+	})
 }
 
 // counterValue reads a counter or gauge (optionally one label value) from reg.

@@ -143,7 +143,7 @@ func TestServerTrafficKeepsSocketAlive(t *testing.T) {
 	for range 8 { // 8 × 100 ms > SilenceTimeout, with server pings in between
 		fc.send(t, websocket.MessageText, `{"type":"ping"}`)
 		fc.expect(t, buko.FramePong)
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // deliberate: the time passing is what the test is about
 	}
 	if states.has("backoff/silence") {
 		t.Fatal("a socket with traffic was declared silent")

@@ -87,13 +87,10 @@ func TestAppRoleDecryptOnlyAndRelogin(t *testing.T) {
 
 	// Wait (bounded) until the watcher has logged in again after max TTL.
 	logins := func() float64 { return testutil.ToFloat64(m.logins.WithLabelValues(AuthAppRole, "ok")) }
-	deadline := time.Now().Add(90 * time.Second)
-	for logins() < 3 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if logins() < 3 {
-		t.Fatalf("logins: %v, want ≥ 3 (the watcher should log in again as tokens expire)", logins())
-	}
+	testsupport.Until(t, "≥ 3 logins (the watcher should log in again as tokens expire)", 90*time.Second, func() (bool, string) {
+		n := logins()
+		return n >= 3, fmt.Sprintf("logins: %v", n)
+	})
 	toks, err = c.Decrypt(ctx, sealed)
 	if err != nil || !toks[2].Equal(items[2].Token) {
 		t.Fatalf("decrypt after re-login: %v", err)
@@ -207,13 +204,10 @@ func TestTokenAuthRenewal(t *testing.T) {
 	}
 	defer c.Cleanup()
 	renewals := func() float64 { return testutil.ToFloat64(m.renewals.WithLabelValues("ok")) }
-	deadline := time.Now().Add(90 * time.Second)
-	for renewals() < 3 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if renewals() < 3 {
-		t.Fatalf("renewals: %v", renewals())
-	}
+	testsupport.Until(t, "≥ 3 renewals", 90*time.Second, func() (bool, string) {
+		n := renewals()
+		return n >= 3, fmt.Sprintf("renewals: %v", n)
+	})
 	if _, err := c.Decrypt(ctx, sealed); err != nil {
 		t.Fatalf("decrypt with the renewed token: %v", err)
 	}

@@ -219,7 +219,7 @@ func startVault(t testing.TB) (addr, token string, stop func()) {
 				ensureTransitMount(t, c)
 				return addr, token, stop
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // readiness poll tied to the exit check and port retry above; bounded by deadline
 		}
 		if lastErr == nil {
 			stop()

@@ -94,7 +94,7 @@ func (e *env) runLane(t *testing.T, botID string, ups []buko.Update) *lane {
 					l.runLimited++
 				}
 				l.mu.Unlock()
-				time.Sleep(min(10*time.Millisecond<<min(attempt, 4), 100*time.Millisecond))
+				time.Sleep(min(10*time.Millisecond<<min(attempt, 4), 100*time.Millisecond)) // the caller's retry backoff under test
 			}
 			l.mu.Lock()
 			l.handed++
@@ -186,23 +186,19 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	t.Logf("before release: %d handed off, %d attempts held back", h, b)
 	gate.release()
 
-	deadline := time.Now().Add(8 * time.Minute)
-	for {
+	testsupport.Until(t, "every update answered", 8*time.Minute, func() (bool, string) {
 		answered, _ := gate.state()
 		if answered >= n {
-			break
+			return true, ""
 		}
 		d, err := e.c.DescribeWorkflowExecution(context.Background(), id, "")
 		if err == nil && d.WorkflowExecutionInfo.Status == enumspb.WORKFLOW_EXECUTION_STATUS_TERMINATED {
 			h, _, _ := l.counts()
 			t.Fatalf("the chat workflow was terminated after %d of %d updates were answered (%d handed off): backlog lost", answered, n, h)
 		}
-		if time.Now().After(deadline) {
-			h, b, r := l.counts()
-			t.Fatalf("%d of %d answered (%d handed off, %d held back, %d run limit)", answered, n, h, b, r)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		h, b, r := l.counts()
+		return false, fmt.Sprintf("%d of %d answered (%d handed off, %d held back, %d run limit)", answered, n, h, b, r)
+	})
 	<-l.done
 	gate.mu.Lock()
 	answered := append([]buko.UpdateID(nil), gate.answered...)

@@ -49,9 +49,11 @@ func rememberSecret(s string) {
 }
 
 // TestMain deletes the namespace this run registered, through the operator
-// service, once every test is done (the dev server keeps namespaces in memory).
-func TestMain(m *testing.M) {
-	code := m.Run()
+// service, once every test is done (the dev server keeps namespaces in memory),
+// and then fails the run when a test left a goroutine behind.
+func TestMain(m *testing.M) { testsupport.Main(m, deleteTestNamespace) }
+
+func deleteTestNamespace() {
 	if testRun.ns != "" {
 		if c, err := client.Dial(client.Options{HostPort: os.Getenv("TEMPORAL_ADDRESS"), Logger: NewLogger(zerolog.Nop())}); err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -62,7 +64,6 @@ func TestMain(m *testing.M) {
 			c.Close()
 		}
 	}
-	os.Exit(code)
 }
 
 func temporalAddress(t testing.TB) string {

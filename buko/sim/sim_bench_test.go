@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("SIM_BENCH_CHILD") == "1" {
 		os.Exit(runSocketClients(os.Getenv("SIM_BENCH_URL")))
 	}
-	os.Exit(m.Run())
+	testsupport.Main(m) // fails the run when a test leaves a goroutine behind
 }
 
 func envInt(name string, def int) int {
@@ -362,7 +362,7 @@ func runSocketClients(url string) int {
 				if err == nil {
 					break
 				}
-				time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+				time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond) // the child process's dial retry backoff
 			}
 			if err != nil {
 				failed.Add(1)

@@ -153,10 +153,7 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 		}
 	}
 	var replies []string
-	for deadline := time.Now().Add(2 * time.Minute); len(replies) < 2; {
-		if time.Now().After(deadline) {
-			t.Fatalf("bot replies %q", replies)
-		}
+	testsupport.Until(t, "two bot replies", 2*time.Minute, func() (bool, string) {
 		var tr []struct {
 			FromKind string `json:"from_kind"`
 			Text     string `json:"text"`
@@ -168,8 +165,8 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 				replies = append(replies, m.Text)
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return len(replies) >= 2, fmt.Sprintf("bot replies %q", replies)
+	})
 	if !strings.Contains(replies[0], "Worker Bot") || replies[1] != secretText {
 		t.Fatalf("replies %q", replies)
 	}

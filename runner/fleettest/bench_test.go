@@ -266,7 +266,7 @@ func BenchmarkFleetTakeover(b *testing.B) {
 				back[v.BotID] = now
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // sampling interval of the measurement, bounded by its deadline
 	}
 	b.StopTimer()
 	if len(back) < len(victims) {

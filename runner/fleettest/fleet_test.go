@@ -414,8 +414,7 @@ func (s *sender) finish(t testing.TB) map[string][]string {
 // once, and checks that every update the simulator created was handed off.
 func (f *fleet) handedOffOnce(sent map[string][]string, d time.Duration) {
 	f.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
+	testsupport.Until(f.t, "every sent text handed off once", d, func() (bool, string) {
 		missing := ""
 		got := f.env.HandedOffTexts(f.t)
 		for bot, texts := range sent {
@@ -428,14 +427,8 @@ func (f *fleet) handedOffOnce(sent map[string][]string, d time.Duration) {
 				}
 			}
 		}
-		if missing == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("after %s: %s (and maybe more)", d, missing)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return missing == "", missing + " (and maybe more)"
+	})
 	var rows, dups int
 	if err := f.env.Pool.QueryRow(context.Background(), `SELECT count(*), coalesce(sum(attempts - 1), 0) FROM handoffs`).Scan(&rows, &dups); err != nil {
 		f.t.Fatal(err)
