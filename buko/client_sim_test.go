@@ -15,6 +15,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // simEnv is a simulator on a loopback port, with the client pointed at it.
@@ -451,17 +452,13 @@ func TestClientAgainstSimulator(t *testing.T) {
 
 		// After the socket closes, polling works again.
 		ws.Close(websocket.StatusNormalClosure, "done")
-		deadline := time.Now().Add(time.Minute)
-		for {
+		testsupport.Until(t, "polling to work after the socket closed", time.Minute, func() (bool, string) {
 			_, err := c.GetUpdates(ctx, official.cred(), buko.GetUpdatesParams{Offset: f.Update.UpdateID.Next()})
-			if err == nil {
-				break
-			}
-			if !buko.IsCode(err, buko.CodeGatewayActive) || time.Now().After(deadline) {
+			if err != nil && !buko.IsCode(err, buko.CodeGatewayActive) {
 				t.Fatalf("polling after the socket closed: %v", err)
 			}
-			time.Sleep(20 * time.Millisecond) // poll for the server noticing the close
-		}
+			return err == nil, fmt.Sprint(err)
+		})
 	})
 
 	t.Run("INTERNAL and lost responses (chaos)", func(t *testing.T) {

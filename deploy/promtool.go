@@ -4,6 +4,9 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"testing"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // Promtool locates promtool, which checks and unit-tests the rules in
@@ -17,4 +20,13 @@ func Promtool() (string, error) {
 		return p, nil
 	}
 	return "", errors.New("no promtool on PATH: run `bash deploy/dev/promtool.sh` (make services does) or set AGENTRUNNER_PROMTOOL_BIN")
+}
+
+// RequirePromtool is [Promtool] for a test that needs it: without promtool
+// the test skips, or fails under CI (the rule of internal/testsupport).
+func RequirePromtool(t testing.TB) string {
+	t.Helper()
+	p, err := Promtool()
+	testsupport.Require(t, "promtool", err, "")
+	return p
 }

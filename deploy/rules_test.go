@@ -300,24 +300,6 @@ func TestEveryAlertIsUnitTested(t *testing.T) {
 	}
 }
 
-// missingTool skips loudly, or fails when CI=true (CI must have every tool).
-func missingTool(t *testing.T, msg string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip("SKIPPED (tool missing): " + msg)
-}
-
-func promtoolBin(t *testing.T) string {
-	t.Helper()
-	p, err := Promtool()
-	if err != nil {
-		missingTool(t, err.Error())
-	}
-	return p
-}
-
 func runPromtool(t *testing.T, bin string, args ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
@@ -332,7 +314,7 @@ func runPromtool(t *testing.T, bin string, args ...string) {
 }
 
 func TestPromtoolCheckRules(t *testing.T) {
-	bin := promtoolBin(t)
+	bin := RequirePromtool(t)
 	var files []string
 	for f := range ruleFiles(t) {
 		files = append(files, filepath.Base(f))
@@ -342,7 +324,7 @@ func TestPromtoolCheckRules(t *testing.T) {
 }
 
 func TestPromtoolTestRules(t *testing.T) {
-	bin := promtoolBin(t)
+	bin := RequirePromtool(t)
 	var files []string
 	for f := range ruleTestFiles(t) {
 		files = append(files, filepath.Base(f))

@@ -2,6 +2,7 @@ package helm
 
 import (
 	"buko.app/agentrunner/deploy"
+	"buko.app/agentrunner/internal/testsupport"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -77,16 +78,6 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// missingTool skips loudly, or fails when CI=true (CI must have every tool).
-func missingTool(t *testing.T, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", msg)
-	}
-	t.Skipf("SKIPPING (tool missing): %s", msg)
-}
-
 func helmBin(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("AGENTRUNNER_HELM_BIN"); p != "" {
@@ -100,17 +91,8 @@ func helmBin(t *testing.T) string {
 	if p := strings.TrimSpace(string(out)); err == nil && p != "" {
 		return p
 	}
-	missingTool(t, "no helm: set AGENTRUNNER_HELM_BIN or run `bash deploy/dev/helm.sh build` (make services does)")
+	testsupport.Unavailable(t, "helm", "no helm binary found", "set AGENTRUNNER_HELM_BIN or run `bash deploy/dev/helm.sh build` (make services does)")
 	return ""
-}
-
-func promtoolBin(t *testing.T) string {
-	t.Helper()
-	p, err := deploy.Promtool()
-	if err != nil {
-		missingTool(t, "%s", err)
-	}
-	return p
 }
 
 // runHelm runs helm with private config/cache folders and returns stdout;
@@ -1067,7 +1049,7 @@ func TestSeparateWorkersIsComplete(t *testing.T) {
 // else the chart's copy), and runs `promtool check rules` on it.
 func TestPrometheusRuleMatchesDeployAndPassesPromtool(t *testing.T) {
 	bin := helmBin(t)
-	promtool := promtoolBin(t)
+	promtool := deploy.RequirePromtool(t)
 	objs := render(t, bin, "--set", "metrics.prometheusRule.enabled=true")
 	rules := all[*prometheusRule](objs)
 	chartFiles := chartCopies(t, "prometheus")

@@ -8,6 +8,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"buko.app/agentrunner/buko/sim/web/browser"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 	"buko.app/agentrunner/sessions"
 )
@@ -23,7 +24,7 @@ func TestAdminStatusPageInChromium(t *testing.T) {
 	bots := env.AddBots(t, 5, "page")
 	ts := startSupervisor(t, env, "page-a")
 	c := newAdminServer(t, env, ts.sup, testAdminToken)
-	waitFor(t, "every bot live", 60*time.Second, func() bool {
+	testsupport.Within(t, "every bot live", 60*time.Second, func() bool {
 		live, _ := env.Live(t, runnertest.IDs(bots))
 		return live == len(bots)
 	})

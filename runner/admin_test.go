@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/migrations/pgtest"
 	"buko.app/agentrunner/runner/runnertest"
 	"buko.app/agentrunner/vault"
@@ -119,7 +120,7 @@ func TestAdminAPIAndPage(t *testing.T) {
 
 	// Health, readiness, metrics: no auth.
 	c.expect("GET", "/healthz", "", "", 200)
-	waitFor(t, "readyz 200", 30*time.Second, func() bool { code, _, _ := c.do("GET", "/readyz", "", ""); return code == 200 })
+	testsupport.Within(t, "readyz 200", 30*time.Second, func() bool { code, _, _ := c.do("GET", "/readyz", "", ""); return code == 200 })
 	c.expect("GET", "/metrics", "", "", 200)
 
 	// Auth required for the API and the page.
@@ -131,7 +132,7 @@ func TestAdminAPIAndPage(t *testing.T) {
 
 	// Every bot live, owned by a, reported from memory.
 	var list struct{ Bots []BotView }
-	waitFor(t, "every bot live in the API", 60*time.Second, func() bool {
+	testsupport.Within(t, "every bot live in the API", 60*time.Second, func() bool {
 		if err := json.Unmarshal([]byte(c.expect("GET", "/api/v1/bots", testAdminToken, "", 200)), &list); err != nil {
 			t.Fatal(err)
 		}
@@ -144,7 +145,7 @@ func TestAdminAPIAndPage(t *testing.T) {
 		return live == len(bots)
 	})
 	// The persisted state (fenced, throttled) follows.
-	waitFor(t, "bot_status rows for every bot", 30*time.Second, func() bool {
+	testsupport.Within(t, "bot_status rows for every bot", 30*time.Second, func() bool {
 		var n int
 		if err := env.Pool.QueryRow(context.Background(), `SELECT count(*) FROM bot_status WHERE state = 'live' AND owner = 'a'`).Scan(&n); err != nil {
 			t.Fatal(err)
@@ -186,12 +187,12 @@ func TestAdminAPIAndPage(t *testing.T) {
 	c.expect("POST", "/api/v1/bots/nope/pause", testAdminToken, "", 404)
 	c.expect("GET", pause, testAdminToken, "", 405)
 	c.expect("POST", pause, testAdminToken, `{"reason": "test"}`, 200)
-	waitFor(t, "paused bot disconnected", 30*time.Second, func() bool {
+	testsupport.Within(t, "paused bot disconnected", 30*time.Second, func() bool {
 		live, _ := env.Live(t, map[string]bool{target.ID: true})
 		return live == 0
 	})
 	c.expect("POST", "/api/v1/bots/"+target.ID+"/resume", testAdminToken, "", 200)
-	waitFor(t, "resumed bot live", 30*time.Second, func() bool {
+	testsupport.Within(t, "resumed bot live", 30*time.Second, func() bool {
 		live, _ := env.Live(t, map[string]bool{target.ID: true})
 		return live == 1
 	})
@@ -201,7 +202,7 @@ func TestAdminAPIAndPage(t *testing.T) {
 	}
 
 	// Reconnect here, then through the other replica (NOTIFY to the owner).
-	waitFor(t, "resumed bot live in the API", 30*time.Second, func() bool {
+	testsupport.Within(t, "resumed bot live in the API", 30*time.Second, func() bool {
 		var d BotDetail
 		_ = json.Unmarshal([]byte(c.expect("GET", "/api/v1/bots/"+target.ID, testAdminToken, "", 200)), &d)
 		return d.State == "live"
@@ -209,7 +210,7 @@ func TestAdminAPIAndPage(t *testing.T) {
 	c.expect("POST", "/api/v1/bots/"+target.ID+"/reconnect", testAdminToken, "", 202)
 	other.expect("POST", "/api/v1/bots/"+bots[0].ID+"/reconnect", testAdminToken, `{"reason":"stuck"}`, 202)
 	for _, b := range []runnertest.Bot{target, bots[0]} {
-		waitFor(t, "admin reconnect recorded for "+b.Handle, 30*time.Second, func() bool {
+		testsupport.Within(t, "admin reconnect recorded for "+b.Handle, 30*time.Second, func() bool {
 			var d BotDetail
 			_ = json.Unmarshal([]byte(c.expect("GET", "/api/v1/bots/"+b.ID, testAdminToken, "", 200)), &d)
 			for _, e := range d.Events {
@@ -246,7 +247,7 @@ func TestAdminAPIAndPage(t *testing.T) {
 	// Drain: the runner releases its shards and stops being ready.
 	c.expect("POST", "/api/v1/runners/nope/drain", testAdminToken, "", 404)
 	other.expect("POST", "/api/v1/runners/a/drain", testAdminToken, "", 202)
-	waitFor(t, "drained runner holds nothing", 30*time.Second, func() bool {
+	testsupport.Within(t, "drained runner holds nothing", 30*time.Second, func() bool {
 		return len(ts.sup.Shards().Held()) == 0 && ts.running() == 0
 	})
 	c.expect("GET", "/readyz", "", "", 503)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 	"buko.app/agentrunner/sessions"
 	"buko.app/agentrunner/vault"
@@ -123,10 +124,10 @@ func TestDeadLettersEndToEnd(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			startDLSupervisor(t, env, "dl-a", store, reg)
 			env.Send(t, b, "before")
-			waitFor(t, "before handed off", 60*time.Second, func() bool { return env.HandedOffTexts(t)[b.ID]["before"] == 1 })
-			waitFor(t, "before acked", 60*time.Second, func() bool { return simAcked(t, env, b.ID) != "" })
+			testsupport.Within(t, "before handed off", 60*time.Second, func() bool { return env.HandedOffTexts(t)[b.ID]["before"] == 1 })
+			testsupport.Within(t, "before acked", 60*time.Second, func() bool { return simAcked(t, env, b.ID) != "" })
 			bad := rawUpdate(t, env, b.ID, `{"update_id":"$ID","message":{"message_id":"5","chat":{"id":"`+b.ChatID+`"},"text":["private","words"]}}`)
-			waitFor(t, "dead letter store refused a few times", 60*time.Second, func() bool {
+			testsupport.Within(t, "dead letter store refused a few times", 60*time.Second, func() bool {
 				return counterValue(t, reg, "agentrunner_sessions_dead_letter_errors_total") >= 3
 			})
 			if acked := simAcked(t, env, b.ID); !acked.Less(bad) {
@@ -136,8 +137,8 @@ func TestDeadLettersEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			env.Send(t, b, "after")
-			waitFor(t, "after handed off", 60*time.Second, func() bool { return env.HandedOffTexts(t)[b.ID]["after"] == 1 })
-			waitFor(t, "acked past the dead letter", 60*time.Second, func() bool { return bad.Less(simAcked(t, env, b.ID)) })
+			testsupport.Within(t, "after handed off", 60*time.Second, func() bool { return env.HandedOffTexts(t)[b.ID]["after"] == 1 })
+			testsupport.Within(t, "acked past the dead letter", 60*time.Second, func() bool { return bad.Less(simAcked(t, env, b.ID)) })
 
 			dls, err := store.List(ctx, DeadLetterFilter{BotID: b.ID})
 			if err != nil {

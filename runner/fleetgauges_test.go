@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
@@ -32,7 +33,7 @@ func TestFleetGaugesReadOwnedShardsAtScrape(t *testing.T) {
 	if err := env.Pool.QueryRow(context.Background(), `SELECT shard_count FROM cluster_settings`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a holds every shard", 30*time.Second, func() bool { return len(ts.sup.Shards().Held()) == n })
+	testsupport.Within(t, "a holds every shard", 30*time.Second, func() bool { return len(ts.sup.Shards().Held()) == n })
 	scrape := func() (shards, active float64) {
 		got, err := gatherOne(ts.m)
 		if err != nil {
@@ -49,7 +50,7 @@ func TestFleetGaugesReadOwnedShardsAtScrape(t *testing.T) {
 	if err := ts.sup.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a holds no shard", 30*time.Second, func() bool { return len(ts.sup.Shards().Held()) == 0 })
+	testsupport.Within(t, "a holds no shard", 30*time.Second, func() bool { return len(ts.sup.Shards().Held()) == 0 })
 	if shards, active := scrape(); shards != float64(n) || active != 0 {
 		t.Fatalf("after drain: shards %v active_bots %v, want %d and 0", shards, active, n)
 	}

@@ -14,23 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/migrations/pgtest"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
 const testTTL = 3 * time.Second
-
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func newPool(t *testing.T, dsn string) *pgxpool.Pool {
 	t.Helper()
@@ -207,13 +196,13 @@ func TestShardsFairShareRebalanceAndDrain(t *testing.T) {
 	m := NewMetrics(reg)
 
 	a := startReplica(t, w, pool, "a", m)
-	waitFor(t, "a to hold all 128 shards", 30*time.Second, func() bool { return a.count() == 128 })
+	testsupport.Within(t, "a to hold all 128 shards", 30*time.Second, func() bool { return a.count() == 128 })
 
 	b := startReplica(t, w, pool, "b", nil)
-	waitFor(t, "a and b to split 64/64", 30*time.Second, func() bool { return a.count() == 64 && b.count() == 64 })
+	testsupport.Within(t, "a and b to split 64/64", 30*time.Second, func() bool { return a.count() == 64 && b.count() == 64 })
 
 	c := startReplica(t, w, pool, "c", nil)
-	waitFor(t, "a, b, c to hold 43/43/42 in some order", 30*time.Second, func() bool {
+	testsupport.Within(t, "a, b, c to hold 43/43/42 in some order", 30*time.Second, func() bool {
 		n := []int{a.count(), b.count(), c.count()}
 		return n[0]+n[1]+n[2] == 128 && max(n[0], n[1], n[2]) == 43 && min(n[0], n[1], n[2]) == 42
 	})
@@ -231,7 +220,7 @@ func TestShardsFairShareRebalanceAndDrain(t *testing.T) {
 		t.Fatalf("b after drain: %d running, reasons %v", b.count(), b.reasons)
 	}
 	b.stop()
-	waitFor(t, "a and c to split 64/64 after b drained", 30*time.Second, func() bool { return a.count() == 64 && c.count() == 64 })
+	testsupport.Within(t, "a and c to split 64/64 after b drained", 30*time.Second, func() bool { return a.count() == 64 && c.count() == 64 })
 	var runners int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM runners`).Scan(&runners); err != nil {
 		t.Fatal(err)
@@ -262,7 +251,7 @@ func TestFencedWrites(t *testing.T) {
 	pool := newPool(t, dsn)
 	w := newWorld()
 	a := startReplica(t, w, pool, "a", nil)
-	waitFor(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
+	testsupport.Within(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
 	ls := a.sh.Held()
 	l := ls[0]
 	ctx := context.Background()
@@ -293,7 +282,7 @@ func TestFencedWrites(t *testing.T) {
 		t.Fatalf("stolen lease: err = %v, want ErrFenced", err)
 	}
 	// The next renew notices and stops the shard's sessions.
-	waitFor(t, "a to stop the stolen shard", 20*time.Second, func() bool { return a.reason(LossStolen) == 1 })
+	testsupport.Within(t, "a to stop the stolen shard", 20*time.Second, func() bool { return a.reason(LossStolen) == 1 })
 	if a.sh.Holds(l) == nil {
 		t.Fatal("still holds the stolen lease")
 	}
@@ -310,24 +299,24 @@ func TestSelfFencingBeforeExpiry(t *testing.T) {
 
 	// Stopping sessions takes a moment.
 	a := startReplicaWait(t, w, cutOff, "a", m, 100*time.Millisecond)
-	waitFor(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
+	testsupport.Within(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
 	b := startReplica(t, w, direct, "b", nil)
-	waitFor(t, "a and b to split", 30*time.Second, func() bool {
+	testsupport.Within(t, "a and b to split", 30*time.Second, func() bool {
 		return a.count() == 64 && b.count() == 64 && len(a.sh.Held()) == 64
 	})
 	aShards := a.sh.Held()
 
 	proxy.Cut()
-	waitFor(t, "a to fence itself", 20*time.Second, func() bool { return a.count() == 0 && a.reason(LossFenced) >= 64 })
+	testsupport.Within(t, "a to fence itself", 20*time.Second, func() bool { return a.count() == 0 && a.reason(LossFenced) >= 64 })
 	if got := testutil.ToFloat64(m.selfFencing); got < 1 {
 		t.Fatalf("self_fencing_total = %v", got)
 	}
-	waitFor(t, "b to take over every shard", 30*time.Second, func() bool { return b.count() == 128 })
+	testsupport.Within(t, "b to take over every shard", 30*time.Second, func() bool { return b.count() == 128 })
 	w.check(t) // Acquired on b never overlapped a running shard on a
 
 	// Restore: a comes back, and the fleet rebalances to 64/64 again.
 	proxy.Restore()
-	waitFor(t, "a and b to split again", 30*time.Second, func() bool { return a.count() == 64 && b.count() == 64 })
+	testsupport.Within(t, "a and b to split again", 30*time.Second, func() bool { return a.count() == 64 && b.count() == 64 })
 	w.check(t)
 	for _, l := range aShards {
 		if a.sh.Holds(l) == nil {
@@ -366,7 +355,7 @@ func TestDuplicateRunnerIDIsRefused(t *testing.T) {
 	pool := newPool(t, dsn)
 	w := newWorld()
 	first := startReplica(t, w, pool, "same", nil)
-	waitFor(t, "the first to hold every shard", 30*time.Second, func() bool { return first.count() == 128 })
+	testsupport.Within(t, "the first to hold every shard", 30*time.Second, func() bool { return first.count() == 128 })
 	second := &replica{name: "same-2", w: w, mine: map[int]int64{}, reasons: map[string]int{}, done: make(chan error, 1)}
 	sh, err := NewShards(ShardsConfig{Pool: pool, RunnerID: "same", TTL: testTTL, Handler: second, Logger: testLogger(t)})
 	if err != nil {
@@ -387,11 +376,11 @@ func TestDuplicateRunnerIDIsRefused(t *testing.T) {
 		if first.count() != 128 {
 			t.Fatalf("the first lost shards to the duplicate: holds %d", first.count())
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // deliberate negative check: sample for 2 TTLs that nothing moves
 	}
 	// Once the first is gone, the second takes over.
 	first.stop()
-	waitFor(t, "the second to hold every shard", 30*time.Second, func() bool { return second.count() == 128 })
+	testsupport.Within(t, "the second to hold every shard", 30*time.Second, func() bool { return second.count() == 128 })
 	w.check(t)
 }
 
@@ -426,7 +415,7 @@ func TestSelfFencingKeepsTheShardUntilSessionsStop(t *testing.T) {
 	a.cancel = cancel
 	go func() { a.done <- sh.Run(rctx) }()
 	t.Cleanup(a.stop)
-	waitFor(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
+	testsupport.Within(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
 
 	victim = sh.Held()[5] // read by afterFence only after the watchdog is poked below
 	// Pass the victim's local deadline (its Postgres lease is still valid for
@@ -466,7 +455,7 @@ func TestSelfFencingKeepsTheShardUntilSessionsStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh.Wake()
-	waitFor(t, "a tick during the pause", 10*time.Second, func() bool {
+	testsupport.Within(t, "a tick during the pause", 10*time.Second, func() bool {
 		var hb time.Time
 		if err := pool.QueryRow(ctx, `SELECT heartbeat_at FROM runners WHERE id = 'a'`).Scan(&hb); err != nil {
 			t.Fatal(err)
@@ -498,9 +487,9 @@ func TestSelfFencingKeepsTheShardUntilSessionsStop(t *testing.T) {
 	}
 
 	close(resume)
-	waitFor(t, "a to stop the fenced shard's sessions", 10*time.Second, func() bool { return a.reason(LossFenced) == 1 })
+	testsupport.Within(t, "a to stop the fenced shard's sessions", 10*time.Second, func() bool { return a.reason(LossFenced) == 1 })
 	// Once they stopped, the shard is given back and a, alone, claims it again.
-	waitFor(t, "a to hold every shard again", 30*time.Second, func() bool {
+	testsupport.Within(t, "a to hold every shard again", 30*time.Second, func() bool {
 		return a.count() == 128 && sh.Holds(victim) != nil
 	})
 	w.check(t)
@@ -525,7 +514,7 @@ func TestRenewalsOutliveStuckFencedWrites(t *testing.T) {
 	m := NewMetrics(prometheus.NewRegistry())
 	w := newWorld()
 	a := startReplicaConfig(t, w, ShardsConfig{Pool: leasePool, WritePool: writePool, RunnerID: "a", Metrics: m}, 0)
-	waitFor(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
+	testsupport.Within(t, "a to hold all shards", 30*time.Second, func() bool { return a.count() == 128 })
 
 	if _, err := pool.Exec(ctx, `INSERT INTO bots (id, handle, shard) VALUES ('bot_stuck', 'stuck', 0);
 		INSERT INTO bot_cursors (bot_id, acked_update_id, shard, owner, epoch) VALUES ('bot_stuck', '1', 0, 'a', 1)`); err != nil {
@@ -567,7 +556,7 @@ func TestRenewalsOutliveStuckFencedWrites(t *testing.T) {
 		}()
 	}
 	defer func() { stopWriters(); writers.Wait() }()
-	waitFor(t, "the fenced writers to wait on the row lock", 20*time.Second, func() bool {
+	testsupport.Within(t, "the fenced writers to wait on the row lock", 20*time.Second, func() bool {
 		var n int
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
 			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
@@ -589,7 +578,8 @@ func TestRenewalsOutliveStuckFencedWrites(t *testing.T) {
 		if got := a.count(); got != 128 {
 			t.Fatalf("a holds %d shards, want 128", got)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // deliberate negative check: sample for 3 TTLs that nothing fences
+
 	}
 	if got := testutil.ToFloat64(m.selfFencing); got != 0 {
 		t.Fatalf("self_fencing_total = %v", got)
@@ -599,7 +589,7 @@ func TestRenewalsOutliveStuckFencedWrites(t *testing.T) {
 	if err := lock.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the fenced writers to commit", 20*time.Second, func() bool {
+	testsupport.Within(t, "the fenced writers to commit", 20*time.Second, func() bool {
 		n := 0
 		wrote.Range(func(any, any) bool { n++; return true })
 		return n == 2*writePoolConns+2

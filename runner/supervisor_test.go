@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 	"buko.app/agentrunner/sessions"
 	"buko.app/agentrunner/vault"
@@ -97,11 +98,11 @@ func TestSupervisorRunsEachBotOnceAndReconciles(t *testing.T) {
 
 	a := startSupervisor(t, env, "a")
 	b := startSupervisor(t, env, "b")
-	waitFor(t, "every bot live", 60*time.Second, func() bool {
+	testsupport.Within(t, "every bot live", 60*time.Second, func() bool {
 		live, _ := env.Live(t, ids)
 		return live == len(bots)
 	})
-	waitFor(t, "the sessions split between a and b", 30*time.Second, func() bool {
+	testsupport.Within(t, "the sessions split between a and b", 30*time.Second, func() bool {
 		return a.running()+b.running() == len(bots) && a.running() > 0 && b.running() > 0
 	})
 	if st := env.Stats(t); st.MaxConcurrentGatewayPerBot != 1 {
@@ -112,7 +113,7 @@ func TestSupervisorRunsEachBotOnceAndReconciles(t *testing.T) {
 	for i, bot := range bots {
 		env.Send(t, bot, fmt.Sprintf("hello %d", i))
 	}
-	waitFor(t, "every message handed off", 60*time.Second, func() bool {
+	testsupport.Within(t, "every message handed off", 60*time.Second, func() bool {
 		got := env.HandedOffTexts(t)
 		for i, bot := range bots {
 			if got[bot.ID][fmt.Sprintf("hello %d", i)] != 1 || got[bot.ID]["/start"] != 1 {
@@ -122,7 +123,7 @@ func TestSupervisorRunsEachBotOnceAndReconciles(t *testing.T) {
 		return true
 	})
 	// The cursors follow the acks.
-	waitFor(t, "bot_cursors written for every bot", 30*time.Second, func() bool {
+	testsupport.Within(t, "bot_cursors written for every bot", 30*time.Second, func() bool {
 		var n int
 		if err := env.Pool.QueryRow(context.Background(), `SELECT count(*) FROM bot_cursors`).Scan(&n); err != nil {
 			t.Fatal(err)
@@ -131,7 +132,7 @@ func TestSupervisorRunsEachBotOnceAndReconciles(t *testing.T) {
 	})
 
 	// Each cursor is the simulator's acked id for the bot.
-	waitFor(t, "bot_cursors equal to the acks Buko saw", 30*time.Second, func() bool {
+	testsupport.Within(t, "bot_cursors equal to the acks Buko saw", 30*time.Second, func() bool {
 		acked := map[string]string{}
 		for _, v := range env.SimBots(t) {
 			acked[v.BotID] = v.AckedUpdateID
@@ -164,7 +165,7 @@ func TestSupervisorRunsEachBotOnceAndReconciles(t *testing.T) {
 	measure := func(what string, cond func() bool) {
 		t.Helper()
 		start := time.Now()
-		waitFor(t, what, 20*time.Second, cond)
+		testsupport.Within(t, what, 20*time.Second, cond)
 		t.Logf("%s: took %s", what, time.Since(start).Round(time.Millisecond))
 	}
 
@@ -209,8 +210,8 @@ func TestSupervisorRunsEachBotOnceAndReconciles(t *testing.T) {
 	}
 	b.stop()
 	sendWG.Wait()
-	waitFor(t, "a runs every bot", 30*time.Second, func() bool { return a.running() == len(bots) })
-	waitFor(t, "every message sent during the drain handed off once", 60*time.Second, func() bool {
+	testsupport.Within(t, "a runs every bot", 30*time.Second, func() bool { return a.running() == len(bots) })
+	testsupport.Within(t, "every message sent during the drain handed off once", 60*time.Second, func() bool {
 		got := env.HandedOffTexts(t)
 		for i, bot := range bots {
 			if bot.ID != target.ID && got[bot.ID][fmt.Sprintf("during drain %d", i)] != 1 {
@@ -231,7 +232,7 @@ func TestSupervisorMarksAuthFailed(t *testing.T) {
 	env := runnertest.NewEnv(t, runnertest.EnvOptions{})
 	bots := env.AddBots(t, 2, "auth")
 	a := startSupervisor(t, env, "a")
-	waitFor(t, "both bots live", 60*time.Second, func() bool {
+	testsupport.Within(t, "both bots live", 60*time.Second, func() bool {
 		live, _ := env.Live(t, runnertest.IDs(bots))
 		return live == 2
 	})
@@ -239,14 +240,14 @@ func TestSupervisorMarksAuthFailed(t *testing.T) {
 	if _, err := env.Control.RotateToken(context.Background(), bots[0].ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the bot marked auth_failed", 60*time.Second, func() bool {
+	testsupport.Within(t, "the bot marked auth_failed", 60*time.Second, func() bool {
 		var st string
 		if err := env.Pool.QueryRow(context.Background(), `SELECT status FROM bots WHERE id = $1`, bots[0].ID).Scan(&st); err != nil {
 			t.Fatal(err)
 		}
 		return st == StatusAuthFailed
 	})
-	waitFor(t, "its session gone", 30*time.Second, func() bool { return a.running() == 1 })
+	testsupport.Within(t, "its session gone", 30*time.Second, func() bool { return a.running() == 1 })
 	var audited int
 	if err := env.Pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log WHERE bot_id = $1 AND action = 'bot.auth_failed'`, bots[0].ID).Scan(&audited); err != nil {
 		t.Fatal(err)

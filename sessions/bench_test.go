@@ -24,6 +24,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // The memory benchmark runs the simulator in a child process (this test
@@ -113,21 +114,7 @@ func sampleMem() memSample {
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return memSample{rss: readRSS(), heap: ms.HeapInuse, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
-}
-
-func readRSS() uint64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
+	return memSample{rss: testsupport.RSS(), heap: ms.HeapInuse, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
 }
 
 // BenchmarkIdleSessions opens N idle Gateway sessions (SESSIONS_BENCH_N,
@@ -225,18 +212,15 @@ func runIdleSessions(b *testing.B, n int, idle time.Duration) {
 			sessions = append(sessions, s)
 		}
 		want := int64(min(i+batch, n))
-		deadline := time.Now().Add(5 * time.Minute)
-		for live.Load() < want {
-			if time.Now().After(deadline) {
-				b.Fatalf("%d of %d sessions live after 5 min", live.Load(), want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testsupport.Until(b, "sessions live", 5*time.Minute, func() (bool, string) {
+			n := live.Load()
+			return n >= want, fmt.Sprintf("%d of %d sessions live", n, want)
+		})
 	}
 	ramp := time.Since(start)
-	time.Sleep(idle)
+	time.Sleep(idle) // deliberate: the sessions idle through server pings for the measurement
 	b.StopTimer()
-	rssLive := readRSS() // as the process stands, before forcing a collection
+	rssLive := testsupport.RSS() // as the process stands, before forcing a collection
 	after := sampleMem()
 	if path := os.Getenv("SESSIONS_BENCH_HEAPPROFILE"); path != "" {
 		writeHeapProfile(b, path)

@@ -15,6 +15,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // memSink is an in-memory DeadLetterSink for these unit tests of the
@@ -111,11 +112,11 @@ func TestNumericIDsHandedOff(t *testing.T) {
 			id := e.rawUpdate(f.botID, `{"update_id":$ID,"message":{"message_id":77,"chat":{"id":"`+f.chats[0]+
 				`","type":"private"},"from":{"id":5,"is_bot":false},"text":"numeric"}}`)
 			e.post(f.chats[0], f.users[0], "after")
-			waitFor(t, "both handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 3 })
+			testsupport.Eventually(t, "both handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 3 })
 			if got := strings.Join(f.rec.texts(f.chats[0]), ","); got != "/start,numeric,after" {
 				t.Fatalf("texts %s", got)
 			}
-			waitFor(t, "acked past it", func() bool { return id.Less(f.simAcked()) })
+			testsupport.Eventually(t, "acked past it", func() bool { return id.Less(f.simAcked()) })
 			stop(t, s)
 		})
 	}
@@ -141,23 +142,23 @@ func TestUndecodableUpdateDeadLettered(t *testing.T) {
 			cfg.DeadLetters = sink
 			s := startSession(t, cfg)
 			e.post(f.chats[0], f.users[0], "before")
-			waitFor(t, "before handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 2 })
-			waitFor(t, "before acked", func() bool { return f.simAcked() != "" })
+			testsupport.Eventually(t, "before handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 2 })
+			testsupport.Eventually(t, "before acked", func() bool { return f.simAcked() != "" })
 			bad := e.rawUpdate(f.botID, `{"update_id":"$ID","message":{"message_id":"9","chat":{"id":"`+f.chats[0]+`"},"text":{"secret":"user text"}}}`)
 			// "after" is in another chat (another lane): it does not wait
 			// for the dead letter; polling fetches one batch at a time, so
 			// there it may wait for the next batch.
 			e.post(f.chats[1], f.users[1], "after")
 			if delivery == DeliveryGateway {
-				waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[1])) == 2 })
+				testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[1])) == 2 })
 			}
-			waitFor(t, "the sink is asked", func() bool { return sink.attempts() > 0 })
+			testsupport.Eventually(t, "the sink is asked", func() bool { return sink.attempts() > 0 })
 			if acked := f.simAcked(); !acked.Less(bad) {
 				t.Fatalf("acked %s covers the undecodable %s before its dead letter was stored", acked, bad)
 			}
 			close(gate)
-			waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[1])) == 2 })
-			waitFor(t, "acked past the dead letter", func() bool { return bad.Less(f.simAcked()) })
+			testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[1])) == 2 })
+			testsupport.Eventually(t, "acked past the dead letter", func() bool { return bad.Less(f.simAcked()) })
 			stop(t, s)
 			got := sink.all()
 			if len(got) != 1 {
@@ -205,9 +206,9 @@ func TestDeadLetterStoreFailureNotAcked(t *testing.T) {
 			bad := e.rawUpdate(f.botID, `{"update_id":"$ID","message":7}`)
 			e.post(f.chats[c], f.users[c], "after")
 			if delivery == DeliveryGateway {
-				waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 2 })
+				testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 2 })
 			}
-			waitFor(t, "retried", func() bool { return sink.attempts() >= 3 })
+			testsupport.Eventually(t, "retried", func() bool { return sink.attempts() >= 3 })
 			if acked := f.simAcked(); !acked.Less(bad) {
 				t.Fatalf("acked %s past the unstored dead letter %s", acked, bad)
 			}
@@ -215,8 +216,8 @@ func TestDeadLetterStoreFailureNotAcked(t *testing.T) {
 				t.Errorf("store failures counted %v", n)
 			}
 			sink.set(nil, nil)
-			waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 2 })
-			waitFor(t, "acked once stored", func() bool { return bad.Less(f.simAcked()) })
+			testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 2 })
+			testsupport.Eventually(t, "acked once stored", func() bool { return bad.Less(f.simAcked()) })
 			stop(t, s)
 			if got := sink.all(); len(got) != 1 || got[0].UpdateID != bad {
 				t.Fatalf("dead letters %+v", got)
@@ -230,10 +231,10 @@ func TestDeadLetterStoreFailureNotAcked(t *testing.T) {
 		cfg := f.config()
 		s := startSession(t, cfg)
 		e.post(f.chats[c], f.users[c], "before")
-		waitFor(t, "before acked", func() bool { return f.simAcked() != "" && len(f.rec.texts(f.chats[c])) == 2 })
+		testsupport.Eventually(t, "before acked", func() bool { return f.simAcked() != "" && len(f.rec.texts(f.chats[c])) == 2 })
 		bad := e.rawUpdate(f.botID, `{"update_id":"$ID","message":7}`)
 		e.post(f.chats[c], f.users[c], "after")
-		waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 3 })
+		testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 3 })
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
 		if err := s.Stop(ctx); err == nil {
@@ -260,8 +261,8 @@ func TestUnreadableFrameWithoutID(t *testing.T) {
 	s := startSession(t, cfg)
 	e.rawUpdate(f.botID, `{"message":{"text":"private words"`) // the frame is cut short
 	e.post(f.chats[0], f.users[0], "after")
-	waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 2 })
-	waitFor(t, "kept", func() bool { return len(sink.all()) == 1 })
+	testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 2 })
+	testsupport.Eventually(t, "kept", func() bool { return len(sink.all()) == 1 })
 	stop(t, s)
 	d := sink.all()[0]
 	if d.UpdateID != "" || d.Reason != ReasonUnreadableFrame || !bytes.HasPrefix(d.Payload, []byte(`{"type":"update","update":{"message"`)) {
@@ -293,7 +294,7 @@ func TestPermanentFailureDeadLettered(t *testing.T) {
 	}
 	s := startSession(t, cfg)
 	e.post(f.chats[0], f.users[0], "poison")
-	waitFor(t, "the sink is asked", func() bool { return sink.attempts() > 0 })
+	testsupport.Eventually(t, "the sink is asked", func() bool { return sink.attempts() > 0 })
 	var poison buko.UpdateID
 	if v := e.bot(f.botID); v.LastUpdateID != "" {
 		poison = buko.UpdateID(v.LastUpdateID)
@@ -302,7 +303,7 @@ func TestPermanentFailureDeadLettered(t *testing.T) {
 		t.Fatalf("acked %s before the dead letter of %s was stored", acked, poison)
 	}
 	close(gate)
-	waitFor(t, "acked", func() bool { return !f.simAcked().Less(poison) })
+	testsupport.Eventually(t, "acked", func() bool { return !f.simAcked().Less(poison) })
 	stop(t, s)
 	got := sink.all()
 	if len(got) != 1 || got[0].Reason != ReasonHandoffRefused || got[0].UpdateID != poison || got[0].ChatID != f.chats[0] {
@@ -332,8 +333,8 @@ func TestPollingBatchKeepsIDOrder(t *testing.T) {
 	bad := e.rawUpdate(f.botID, `{"update_id":"$ID","message":7}`)
 	e.post(f.chats[c], f.users[c], "after")
 	s := startSession(t, cfg) // the first poll gets /start, /start, bad, after
-	waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 2 })
-	waitFor(t, "acked past both", func() bool { return bad.Less(f.simAcked()) })
+	testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[c])) == 2 })
+	testsupport.Eventually(t, "acked past both", func() bool { return bad.Less(f.simAcked()) })
 	stop(t, s)
 	if got := sink.all(); len(got) != 1 || got[0].UpdateID != bad {
 		t.Fatalf("dead letters %+v", got)
@@ -351,10 +352,10 @@ func TestPollingIDLessItem(t *testing.T) {
 	sink := &memSink{}
 	cfg.DeadLetters = sink
 	s := startSession(t, cfg)
-	waitFor(t, "/start handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 1 })
+	testsupport.Eventually(t, "/start handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 1 })
 	before := e.stats().UpdatesRedelivered
 	e.rawUpdate(f.botID, `{"message":{"text":"no id here"}}`)
-	waitFor(t, "kept", func() bool { return len(sink.all()) == 1 })
+	testsupport.Eventually(t, "kept", func() bool { return len(sink.all()) == 1 })
 	// Observe a second of polling: with BackoffMax 300 ms a handful of
 	// polls, not hundreds (a window to measure, not a wait for a condition).
 	<-time.After(time.Second)
@@ -365,6 +366,6 @@ func TestPollingIDLessItem(t *testing.T) {
 		t.Fatalf("dead letters %+v", got)
 	}
 	e.post(f.chats[0], f.users[0], "after")
-	waitFor(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 2 })
+	testsupport.Eventually(t, "after handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 2 })
 	stop(t, s)
 }

@@ -19,19 +19,8 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
-
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // ---- the simulator ----
 
@@ -482,13 +471,9 @@ func noSessionGoroutines(t testing.TB) {
 		}
 		return dump == ""
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("session goroutines left behind:\n%s", dump)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testsupport.Until(t, "no session goroutines", 30*time.Second, func() (bool, string) {
+		return ok(), "session goroutines left behind:\n" + dump
+	})
 }
 
 // counterValue reads a counter or gauge (optionally one label value) from reg.

@@ -15,6 +15,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // fakeGateway is a hand-driven Gateway for the cases the simulator does not
@@ -127,7 +128,7 @@ func TestSilenceIsDeath(t *testing.T) {
 	fc := g.next(t)
 	fc.expect(t, buko.FramePing) // the client pings into the silence
 	<-fc.done                    // then gives the socket up
-	waitFor(t, "backoff/silence", func() bool { return states.has("backoff/silence") })
+	testsupport.Eventually(t, "backoff/silence", func() bool { return states.has("backoff/silence") })
 	g.next(t) // and dials again
 	stop(t, s)
 }
@@ -142,7 +143,7 @@ func TestServerTrafficKeepsSocketAlive(t *testing.T) {
 	for range 8 { // 8 × 100 ms > SilenceTimeout, with server pings in between
 		fc.send(t, websocket.MessageText, `{"type":"ping"}`)
 		fc.expect(t, buko.FramePong)
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // deliberate: the time passing is what the test is about
 	}
 	if states.has("backoff/silence") {
 		t.Fatal("a socket with traffic was declared silent")
@@ -171,14 +172,14 @@ func TestUnknownFramesAndCloseCodesSurvived(t *testing.T) {
 	if err := fc.c.Close(4321, "something new"); err != nil {
 		t.Logf("close: %v", err)
 	}
-	waitFor(t, "backoff/close_other", func() bool { return states.has("backoff/close_other") })
+	testsupport.Eventually(t, "backoff/close_other", func() bool { return states.has("backoff/close_other") })
 
 	fc = g.next(t)
 	// The server forgot our ack: it redelivers 41 (handed off already → re-ack, no second handoff).
 	fc.send(t, websocket.MessageText, `{"type":"update","update":{"update_id":"41","message":{"message_id":"1","chat":{"id":"c1","type":"private"},"text":"one"}}}`)
 	fc.send(t, websocket.MessageText, `{"type":"update","update":{"update_id":"43","edited_message":{"message_id":"1","chat":{"id":"c1","type":"private"},"text":"one!"}}}`)
 	fc.send(t, websocket.MessageText, `{"type":"update","update":{"update_id":"44","some_future_kind":{"x":1}}}`)
-	waitFor(t, "ack 44", func() bool { return rec.lastAcked() == "44" })
+	testsupport.Eventually(t, "ack 44", func() bool { return rec.lastAcked() == "44" })
 	rec.check(t)
 	if n := rec.total(); n != 3 {
 		t.Errorf("%d updates handed off, want 3", n)
@@ -214,14 +215,14 @@ func TestFallbackToPollingAndBack(t *testing.T) {
 	cfg.GatewayRetry = 300 * time.Millisecond
 	cfg.OnState = states.on
 	s := startSession(t, cfg)
-	waitFor(t, "polling fallback", func() bool { return states.has("polling/fallback") })
+	testsupport.Eventually(t, "polling fallback", func() bool { return states.has("polling/fallback") })
 	f.postAll(5)
 	f.waitAllHandedOff(t)
 	if st := e.stats(); st.GatewayConnections != 0 || st.RestCalls["getUpdates"] == 0 {
 		t.Fatalf("stats %+v: want deliveries by getUpdates only", st)
 	}
 	blocked.Store(false)
-	waitFor(t, "back on the Gateway", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "back on the Gateway", func() bool { return s.State() == StateLive })
 	for ci := range f.chats {
 		e.post(f.chats[ci], f.users[ci], "c"+string(rune('0'+ci))+"-5")
 	}

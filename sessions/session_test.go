@@ -15,6 +15,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // chatFixture is a bot with users in private chats, each started (so each
@@ -94,7 +95,7 @@ func (f *chatFixture) wantTexts(t *testing.T, from, n int) {
 // waitAllHandedOff waits until the recorder holds every update the simulator created.
 func (f *chatFixture) waitAllHandedOff(t *testing.T) {
 	t.Helper()
-	waitFor(t, "every created update handed off", func() bool {
+	testsupport.Eventually(t, "every created update handed off", func() bool {
 		return int64(f.rec.total()) >= f.e.stats().UpdatesCreated
 	})
 }
@@ -102,7 +103,7 @@ func (f *chatFixture) waitAllHandedOff(t *testing.T) {
 // waitAcked waits until the simulator's cursor is at the bot's last update.
 func (f *chatFixture) waitAcked(t *testing.T) {
 	t.Helper()
-	waitFor(t, "the simulator's cursor at the last update", func() bool {
+	testsupport.Eventually(t, "the simulator's cursor at the last update", func() bool {
 		v := f.e.bot(f.botID)
 		return v.AckedUpdateID == v.LastUpdateID
 	})
@@ -116,7 +117,7 @@ func TestOrderPerChatParallelAcrossChats(t *testing.T) {
 	cfg := f.config()
 	cfg.Metrics = NewMetrics(reg)
 	s := startSession(t, cfg)
-	waitFor(t, "live", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live", func() bool { return s.State() == StateLive })
 
 	f.postAll(25)
 	f.waitAllHandedOff(t)
@@ -166,7 +167,7 @@ func TestAckWaitsForEveryLowerHandoff(t *testing.T) {
 		e.post(f.chats[1], f.users[1], fmt.Sprintf("c1-%d", i))
 		e.post(f.chats[2], f.users[2], fmt.Sprintf("c2-%d", i))
 	}
-	waitFor(t, "the other chats handed off", func() bool { return len(f.rec.texts(f.chats[2])) == 6 && len(f.rec.texts(f.chats[1])) == 6 })
+	testsupport.Eventually(t, "the other chats handed off", func() bool { return len(f.rec.texts(f.chats[2])) == 6 && len(f.rec.texts(f.chats[1])) == 6 })
 	// Nothing at or above the held update may be acked while it is held.
 	if got := f.rec.lastAcked(); !got.Less(held) {
 		t.Fatalf("acked %s while %s was not handed off", got, held)
@@ -195,7 +196,7 @@ func TestBackPressureNeverDrops(t *testing.T) {
 	}
 	s := startSession(t, cfg)
 	f.postAll(20) // 66 updates; the server sends up to 100 unacked at once
-	waitFor(t, "reading paused", func() bool {
+	testsupport.Eventually(t, "reading paused", func() bool {
 		return counterValue(t, reg, "agentrunner_sessions_backpressure_pauses_total") > 0
 	})
 	for _, c := range f.chats {
@@ -222,7 +223,7 @@ func TestRedeliveryAfterDroppedSocketsAndDuplicates(t *testing.T) {
 	cfg.Metrics = NewMetrics(reg)
 	f.rec.delay = time.Millisecond
 	s := startSession(t, cfg)
-	waitFor(t, "live", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live", func() bool { return s.State() == StateLive })
 	e.chaos(sim.ChaosConfig{Seed: 7, DropConnectionRate: 0.05, DuplicateDeliveryRate: 0.2})
 	f.postAll(40)
 	f.waitAllHandedOff(t)
@@ -255,13 +256,13 @@ func TestTokenRotationRereadsToken(t *testing.T) {
 	states := &stateLog{}
 	cfg.OnState = states.on
 	s := startSession(t, cfg)
-	waitFor(t, "live", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live", func() bool { return s.State() == StateLive })
 	f.waitAllHandedOff(t)
 
 	newTok := e.rotate(f.botID) // the socket is closed with 4001
 	f.tokens.set(f.botID, newTok)
-	waitFor(t, "a re-read of the token", func() bool { reads, inv := f.tokens.counts(); return reads >= 2 && inv >= 1 })
-	waitFor(t, "live again", func() bool { return s.State() == StateLive && states.has("backoff/token_revoked") })
+	testsupport.Eventually(t, "a re-read of the token", func() bool { reads, inv := f.tokens.counts(); return reads >= 2 && inv >= 1 })
+	testsupport.Eventually(t, "live again", func() bool { return s.State() == StateLive && states.has("backoff/token_revoked") })
 	e.post(f.chats[0], f.users[0], "after rotation")
 	f.waitAllHandedOff(t)
 	f.waitAcked(t)
@@ -318,12 +319,12 @@ func TestConnectionLimitBacksOffUntilFree(t *testing.T) {
 	cfg := f.config()
 	cfg.OnState = states.on
 	s := startSession(t, cfg)
-	waitFor(t, "backoff on the connection limit", func() bool { return states.has("backoff/connection_limit") })
+	testsupport.Eventually(t, "backoff on the connection limit", func() bool { return states.has("backoff/connection_limit") })
 	if s.State() == StateLive {
 		t.Fatal("live while another socket holds the only slot")
 	}
 	raw.close()
-	waitFor(t, "live", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live", func() bool { return s.State() == StateLive })
 	f.waitAllHandedOff(t)
 	f.waitAcked(t)
 	if st := e.stats(); st.MaxConcurrentGatewayPerBot != 1 || st.GatewayRejectedLimit == 0 {
@@ -339,14 +340,14 @@ func TestReplacedDoesNotFight(t *testing.T) {
 	cfg := f.config()
 	cfg.OnState = states.on
 	s := startSession(t, cfg)
-	waitFor(t, "live", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live", func() bool { return s.State() == StateLive })
 	f.waitAllHandedOff(t)
 
 	raw, _, err := e.dialRaw(f.token) // replaces the session's socket (4009)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "backoff after 4009", func() bool { return states.has("backoff/replaced") })
+	testsupport.Eventually(t, "backoff after 4009", func() bool { return states.has("backoff/replaced") })
 	if got := s.State(); got != StateBackoff {
 		t.Fatalf("state %v right after being replaced, want backoff", got)
 	}
@@ -356,9 +357,9 @@ func TestReplacedDoesNotFight(t *testing.T) {
 	default:
 	}
 	raw.close()
-	waitFor(t, "the other socket gone", func() bool { return e.bot(f.botID).GatewayOpen == 0 })
+	testsupport.Eventually(t, "the other socket gone", func() bool { return e.bot(f.botID).GatewayOpen == 0 })
 	s.Reconnect() // skip the rest of the long wait
-	waitFor(t, "live again", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live again", func() bool { return s.State() == StateLive })
 	if got := e.stats().GatewayReplaced; got != 1 {
 		t.Errorf("gateway_replaced %d, want 1", got)
 	}
@@ -376,11 +377,11 @@ func TestRateLimitedUpgradeHonoursRetryAfter(t *testing.T) {
 	cfg := f.config()
 	cfg.OnState = states.on
 	s := startSession(t, cfg)
-	waitFor(t, "live", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live", func() bool { return s.State() == StateLive })
 	s.Reconnect() // attempt 2 of 2 this minute
-	waitFor(t, "second socket", func() bool { return e.stats().GatewayConnections == 2 && s.State() == StateLive })
+	testsupport.Eventually(t, "second socket", func() bool { return e.stats().GatewayConnections == 2 && s.State() == StateLive })
 	s.Reconnect() // attempt 3: 429 with retry_after until the minute ends
-	waitFor(t, "backoff on 429", func() bool { return states.has("backoff/rate_limited") })
+	testsupport.Eventually(t, "backoff on 429", func() bool { return states.has("backoff/rate_limited") })
 	time.Sleep(50 * time.Millisecond) // far shorter than retry_after (≥ 1 s): must still wait
 	if s.State() != StateBackoff {
 		t.Fatalf("state %v during retry_after", s.State())
@@ -390,7 +391,7 @@ func TestRateLimitedUpgradeHonoursRetryAfter(t *testing.T) {
 	}
 	clock.add(time.Minute)
 	s.Reconnect()
-	waitFor(t, "live after the window", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live after the window", func() bool { return s.State() == StateLive })
 	stop(t, s)
 }
 
@@ -401,7 +402,7 @@ func TestPollingEndToEnd(t *testing.T) {
 	cfg.Delivery = DeliveryPolling
 	f.rec.delay = time.Millisecond
 	s := startSession(t, cfg)
-	waitFor(t, "polling", func() bool { return s.State() == StatePolling })
+	testsupport.Eventually(t, "polling", func() bool { return s.State() == StatePolling })
 	f.postAll(15)
 	f.waitAllHandedOff(t)
 	stop(t, s) // confirms the last offset
@@ -431,7 +432,7 @@ func TestPollingGatewayActive(t *testing.T) {
 	cfg.Delivery = DeliveryPolling
 	cfg.OnState = states.on
 	s := startSession(t, cfg)
-	waitFor(t, "backoff on GATEWAY_ACTIVE", func() bool { return states.has("backoff/gateway_active") })
+	testsupport.Eventually(t, "backoff on GATEWAY_ACTIVE", func() bool { return states.has("backoff/gateway_active") })
 	raw.close()
 	e.post(f.chats[0], f.users[0], "c0-0")
 	f.waitAllHandedOff(t)
@@ -450,7 +451,7 @@ func TestStopDrainsAndAcks(t *testing.T) {
 	f.rec.hold(f.chats[0])
 	e.post(f.chats[0], f.users[0], "c0-0")
 	e.post(f.chats[1], f.users[1], "c1-0")
-	waitFor(t, "both in flight", func() bool {
+	testsupport.Eventually(t, "both in flight", func() bool {
 		f.rec.mu.Lock()
 		active := f.rec.active
 		f.rec.mu.Unlock()
@@ -462,7 +463,7 @@ func TestStopDrainsAndAcks(t *testing.T) {
 		defer cancel()
 		stopped <- s.Stop(ctx)
 	}()
-	waitFor(t, "draining", func() bool { return s.State() == StateDraining })
+	testsupport.Eventually(t, "draining", func() bool { return s.State() == StateDraining })
 	drainedTo := buko.UpdateID(e.bot(f.botID).LastUpdateID)
 	e.post(f.chats[1], f.users[1], "c1-1") // arrives during the drain: not taken
 	f.rec.release(f.chats[0])
@@ -479,7 +480,7 @@ func TestStopDrainsAndAcks(t *testing.T) {
 
 	// The next owner gets exactly what was not acked.
 	s2 := startSession(t, f.config())
-	waitFor(t, "the leftover update", func() bool { return len(f.rec.texts(f.chats[1])) == 3 })
+	testsupport.Eventually(t, "the leftover update", func() bool { return len(f.rec.texts(f.chats[1])) == 3 })
 	f.waitAcked(t)
 	stop(t, s2)
 	f.rec.check(t)
@@ -490,7 +491,7 @@ func TestStopBoundedByContext(t *testing.T) {
 	f := newFixture(t, e, 1, nil)
 	f.rec.hold(f.chats[0])
 	s := startSession(t, f.config())
-	waitFor(t, "a handoff in flight", func() bool {
+	testsupport.Eventually(t, "a handoff in flight", func() bool {
 		f.rec.mu.Lock()
 		defer f.rec.mu.Unlock()
 		return f.rec.active == 1
@@ -521,14 +522,14 @@ func TestStartContextEndsHard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "live", func() bool { return s.State() == StateLive })
+	testsupport.Eventually(t, "live", func() bool { return s.State() == StateLive })
 	cancel()
-	waitFor(t, "stopped", func() bool { return s.State() == StateStopped })
+	testsupport.Eventually(t, "stopped", func() bool { return s.State() == StateStopped })
 	noSessionGoroutines(t)
 	if err := s.Stop(context.Background()); err != nil {
 		t.Errorf("Stop after the context ended: %v", err)
 	}
-	waitFor(t, "socket closed at the simulator", func() bool { return e.stats().GatewayOpen == 0 })
+	testsupport.Eventually(t, "socket closed at the simulator", func() bool { return e.stats().GatewayOpen == 0 })
 }
 
 type permErr struct{}
@@ -564,7 +565,7 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 	for _, txt := range []string{"flaky", "poison", "poison2", "fine"} {
 		e.post(f.chats[0], f.users[0], txt)
 	}
-	waitFor(t, "fine handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 3 })
+	testsupport.Eventually(t, "fine handed off", func() bool { return len(f.rec.texts(f.chats[0])) == 3 })
 	f.waitAcked(t)
 	if got := f.rec.texts(f.chats[0]); strings.Join(got, ",") != "/start,flaky,fine" {
 		t.Errorf("texts %v", got)

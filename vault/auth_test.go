@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // TestAppRoleDecryptOnlyAndRelogin logs in with an AppRole whose policy may
@@ -34,12 +36,12 @@ func TestAppRoleDecryptOnlyAndRelogin(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	mount := "approle-" + randHex(4)
+	mount := "approle-" + testsupport.RandHex(4)
 	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, mount, &api.EnableAuthOptions{Type: "approle"}); err != nil {
 		t.Fatalf("enable approle: %v", err)
 	}
 	t.Cleanup(func() { _ = root.Sys().DisableAuth(mount) })
-	policy := "decrypt-" + randHex(4)
+	policy := "decrypt-" + testsupport.RandHex(4)
 	if err := root.Sys().PutPolicyWithContext(ctx, policy, fmt.Sprintf(`path "transit/decrypt/%s" { capabilities = ["update"] }`, key)); err != nil {
 		t.Fatal(err)
 	}
@@ -85,13 +87,10 @@ func TestAppRoleDecryptOnlyAndRelogin(t *testing.T) {
 
 	// Wait (bounded) until the watcher has logged in again after max TTL.
 	logins := func() float64 { return testutil.ToFloat64(m.logins.WithLabelValues(AuthAppRole, "ok")) }
-	deadline := time.Now().Add(90 * time.Second)
-	for logins() < 3 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if logins() < 3 {
-		t.Fatalf("logins: %v, want ≥ 3 (the watcher should log in again as tokens expire)", logins())
-	}
+	testsupport.Until(t, "≥ 3 logins (the watcher should log in again as tokens expire)", 90*time.Second, func() (bool, string) {
+		n := logins()
+		return n >= 3, fmt.Sprintf("logins: %v", n)
+	})
 	toks, err = c.Decrypt(ctx, sealed)
 	if err != nil || !toks[2].Equal(items[2].Token) {
 		t.Fatalf("decrypt after re-login: %v", err)
@@ -115,11 +114,11 @@ func TestKubernetesAuthWiring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy := "k8s-decrypt-" + randHex(4)
+	policy := "k8s-decrypt-" + testsupport.RandHex(4)
 	if err := root.Sys().PutPolicyWithContext(ctx, policy, fmt.Sprintf(`path "transit/decrypt/%s" { capabilities = ["update"] }`, key)); err != nil {
 		t.Fatal(err)
 	}
-	jwt := "eyJhbGciOiJSUzI1NiJ9." + randHex(20) + ".sig"
+	jwt := "eyJhbGciOiJSUzI1NiJ9." + testsupport.RandHex(20) + ".sig"
 	jwtFile := filepath.Join(t.TempDir(), "sa-token")
 	if err := os.WriteFile(jwtFile, []byte(jwt), 0o600); err != nil {
 		t.Fatal(err)
@@ -188,7 +187,7 @@ func TestTokenAuthRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy := "renew-" + randHex(4)
+	policy := "renew-" + testsupport.RandHex(4)
 	if err := root.Sys().PutPolicyWithContext(ctx, policy, fmt.Sprintf(`path "transit/decrypt/%s" { capabilities = ["update"] }`, key)); err != nil {
 		t.Fatal(err)
 	}
@@ -205,13 +204,10 @@ func TestTokenAuthRenewal(t *testing.T) {
 	}
 	defer c.Cleanup()
 	renewals := func() float64 { return testutil.ToFloat64(m.renewals.WithLabelValues("ok")) }
-	deadline := time.Now().Add(90 * time.Second)
-	for renewals() < 3 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if renewals() < 3 {
-		t.Fatalf("renewals: %v", renewals())
-	}
+	testsupport.Until(t, "≥ 3 renewals", 90*time.Second, func() (bool, string) {
+		n := renewals()
+		return n >= 3, fmt.Sprintf("renewals: %v", n)
+	})
 	if _, err := c.Decrypt(ctx, sealed); err != nil {
 		t.Fatalf("decrypt with the renewed token: %v", err)
 	}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // countingCipher is a real cipher that counts Decrypt calls and items, and
@@ -38,19 +40,6 @@ func (c *countingCipher) Decrypt(ctx context.Context, items []Sealed) ([]Token, 
 	return c.Cipher.Decrypt(ctx, items)
 }
 
-// awaitCount waits until f() reaches want (no sleep-and-hope: it polls a
-// condition with a deadline).
-func awaitCount(t *testing.T, what string, want uint64, f func() uint64) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for f() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d, want %d", what, f(), want)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // A reconnect storm: N bots miss at once (twice each); they are decrypted in
 // at most two Decrypt calls, each bot once.
 func TestCacheStormIsBatched(t *testing.T) {
@@ -74,7 +63,10 @@ func TestCacheStormIsBatched(t *testing.T) {
 					}
 				}()
 			}
-			awaitCount(t, "misses queued", 2*n, c.Misses)
+			testsupport.Until(t, "misses queued", 30*time.Second, func() (bool, string) {
+				got := c.Misses()
+				return got >= 2*n, fmt.Sprintf("%d, want %d", got, 2*n)
+			})
 			close(cc.hold)
 			wg.Wait()
 			t.Logf("%d concurrent misses over %d bots: %d Decrypt calls, %d items, %d batches", 2*n, n, cc.calls.Load(), cc.items.Load(), c.Batches())
@@ -123,7 +115,7 @@ func TestCacheInvalidateUnchangedRowDoesNotDecrypt(t *testing.T) {
 				t.Fatalf("revalidated %d (metric %v), loads metric %v", c.Revalidated(), testutil.ToFloat64(m.cacheReval), testutil.ToFloat64(m.cacheLoads))
 			}
 			// The row changes (a rotation): decrypted again.
-			newTok := mustToken(t, "bot_rotated_"+name+"_"+randHex(4))
+			newTok := mustToken(t, "bot_rotated_"+name+"_"+testsupport.RandHex(4))
 			sealed, err := s.Seal(ctx, id, newTok)
 			if err != nil {
 				t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // ciphers returns both ciphers, each fresh (the transit one on its own key).
@@ -24,7 +26,7 @@ func ciphers(t *testing.T) map[string]func(t *testing.T) Cipher {
 func makeItems(n int, tag string) []Plaintext {
 	items := make([]Plaintext, n)
 	for i := range items {
-		tok, err := ParseToken(fmt.Sprintf("bot_%s_secret_%06d_%s", tag, i, randHex(8)))
+		tok, err := ParseToken(fmt.Sprintf("bot_%s_secret_%06d_%s", tag, i, testsupport.RandHex(8)))
 		if err != nil {
 			panic(err)
 		}
@@ -218,7 +220,7 @@ func TestTransitUnavailable(t *testing.T) {
 	})
 	t.Run("stopped and sealed", func(t *testing.T) {
 		addr, token, stop := startVault(t)
-		tr, _ := transitOn(t, addr, token, "k-"+randHex(4), func(c *TransitConfig) { c.MaxRetries = -1 })
+		tr, _ := transitOn(t, addr, token, "k-"+testsupport.RandHex(4), func(c *TransitConfig) { c.MaxRetries = -1 })
 		sealed, err := tr.Encrypt(ctx, makeItems(3, "seal"))
 		if err != nil {
 			t.Fatal(err)
@@ -269,7 +271,7 @@ func TestTransitConfigErrors(t *testing.T) {
 func TestTransitNotDerivedRefused(t *testing.T) {
 	addr, token := vaultEnv(t)
 	ctx := testCtx(t)
-	key := "plain-" + randHex(4)
+	key := "plain-" + testsupport.RandHex(4)
 	ensureTransitMount(t, rootClient(t, addr, token))
 	if _, err := rootClient(t, addr, token).Logical().WriteWithContext(ctx, "transit/keys/"+key, nil); err != nil {
 		t.Fatal(err)

@@ -2,8 +2,6 @@ package vault
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/migrations/pgtest"
 )
 
@@ -25,21 +24,6 @@ func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// needService skips loudly, or fails under CI=true, when a service is missing.
-func needService(t testing.TB, what, how string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is required under CI=true: %s", what, how)
-	}
-	t.Skipf("\n!!! SKIPPED: %s is not available; %s\n", what, how)
 }
 
 func testPool(t testing.TB) *pgxpool.Pool {
@@ -83,7 +67,7 @@ func vaultEnv(t testing.TB) (addr, token string) {
 	t.Helper()
 	addr, token = os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")
 	if addr == "" || token == "" {
-		needService(t, "Vault (VAULT_ADDR and VAULT_TOKEN)", "run `make services` and `source ~/.cache/agentrunner/run/services.env`")
+		testsupport.Unavailable(t, "Vault", "VAULT_ADDR or VAULT_TOKEN is not set", testsupport.ServicesHint)
 	}
 	return addr, token
 }
@@ -108,7 +92,7 @@ type transitOpt func(*TransitConfig)
 func newTestTransit(t testing.TB, opts ...transitOpt) (*Transit, *countingTransport) {
 	t.Helper()
 	addr, token := vaultEnv(t)
-	return transitOn(t, addr, token, "test-"+randHex(6), opts...)
+	return transitOn(t, addr, token, "test-"+testsupport.RandHex(6), opts...)
 }
 
 func transitOn(t testing.TB, addr, token, key string, opts ...transitOpt) (*Transit, *countingTransport) {
@@ -173,9 +157,8 @@ func vaultBinary(t testing.TB) string {
 		home, _ := os.UserHomeDir()
 		p = filepath.Join(home, ".cache", "agentrunner", "tools", "vault-1.21.4", "vault")
 	}
-	if _, err := os.Stat(p); err != nil {
-		needService(t, "the Vault binary ("+p+")", "build it with `deploy/dev/vault.sh build` (or `make services`)")
-	}
+	_, err := os.Stat(p)
+	testsupport.Require(t, "the Vault binary", err, "build it with `deploy/dev/vault.sh build` (or `make services`)")
 	return p
 }
 
@@ -194,7 +177,7 @@ func freePort(t testing.TB) int {
 func startVault(t testing.TB) (addr, token string, stop func()) {
 	t.Helper()
 	bin := vaultBinary(t)
-	token = "root-" + randHex(12)
+	token = "root-" + testsupport.RandHex(12)
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		port := freePort(t)
@@ -236,7 +219,7 @@ func startVault(t testing.TB) (addr, token string, stop func()) {
 				ensureTransitMount(t, c)
 				return addr, token, stop
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // readiness poll tied to the exit check and port retry above; bounded by deadline
 		}
 		if lastErr == nil {
 			stop()

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // seed stores n bots with tokens through s and returns the plaintexts.
@@ -175,9 +177,7 @@ func TestRewrapWhileDecrypting(t *testing.T) {
 				progress = append(progress, done)
 			}})
 			// Let the readers see the rewrapped rows too before stopping.
-			for deadline := time.Now().Add(30 * time.Second); reads.Load() < 1000 && time.Now().Before(deadline); {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testsupport.Within(t, "1000 reads", 30*time.Second, func() bool { return reads.Load() >= 1000 })
 			close(stop)
 			wg.Wait()
 			if err != nil {

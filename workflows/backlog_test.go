@@ -18,6 +18,7 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/workflows/agents"
 )
 
@@ -93,7 +94,7 @@ func (e *env) runLane(t *testing.T, botID string, ups []buko.Update) *lane {
 					l.runLimited++
 				}
 				l.mu.Unlock()
-				time.Sleep(min(10*time.Millisecond<<min(attempt, 4), 100*time.Millisecond))
+				time.Sleep(min(10*time.Millisecond<<min(attempt, 4), 100*time.Millisecond)) // the caller's retry backoff under test
 			}
 			l.mu.Lock()
 			l.handed++
@@ -160,19 +161,19 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	reg := agents.Builtin()
 	reg["gate"] = func(json.RawMessage) (agents.Agent, error) { return gate, nil }
 	e.startWorker(WorkerOptions{Agents: reg})
-	bot := BotSpec{ID: "bot_backlog_" + randomHex(3), Handle: "backlog_bot", DisplayName: "Backlog", Tier: TierOfficial, Agent: "gate"}
+	bot := BotSpec{ID: "bot_backlog_" + testsupport.RandHex(3), Handle: "backlog_bot", DisplayName: "Backlog", Tier: TierOfficial, Agent: "gate"}
 	e.bots.set(bot)
-	chat := "spc_backlog_" + randomHex(3)
+	chat := "spc_backlog_" + testsupport.RandHex(3)
 	ups := make([]buko.Update, n)
 	for i := range ups {
-		ups[i] = textUpdate(fmt.Sprint(100000+i), chat, randomHex(512)) // 1 KiB of text each
+		ups[i] = textUpdate(fmt.Sprint(100000+i), chat, testsupport.RandHex(512)) // 1 KiB of text each
 	}
 	id := WorkflowID(bot.ID, chat)
 
 	l := e.runLane(t, bot.ID, ups)
 	// The agent holds the first update; the lane hands off until the chat
 	// is held back (or, without back-pressure, everything went in).
-	waitFor(t, "the lane to be held back or done", func() (bool, string) {
+	testsupport.Until(t, "the lane to be held back or done", waitLimit, func() (bool, string) {
 		h, b, r := l.counts()
 		select {
 		case <-l.done:
@@ -220,7 +221,7 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 	if len(answered) != n {
 		t.Fatalf("%d answers for %d updates", len(answered), n)
 	}
-	waitFor(t, "the chain's state", func() (bool, string) {
+	testsupport.Until(t, "the chain's state", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == n && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -266,12 +267,12 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 	bot := e.newBot("rotate_bot", "echo", nil)
 	user := e.newUser("Rita")
 	chat := e.startChat(user, bot.ID)
-	e.say(chat, user, "answer me once "+randomHex(4))
+	e.say(chat, user, "answer me once "+testsupport.RandHex(4))
 	ups := e.updates(bot, 3)
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "greeting and echo", func() (bool, string) {
+	testsupport.Until(t, "greeting and echo", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 2, fmt.Sprint(replyTexts(r))
 	})
@@ -286,12 +287,12 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 			return info.Execution.RunId != runID && info.Status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED, info.Status.String()
 		}
 	}
-	waitFor(t, "the chat workflow to end for quiet time", ended(""))
+	testsupport.Until(t, "the chat workflow to end for quiet time", waitLimit, ended(""))
 	first, _ := e.c.DescribeWorkflowExecution(context.Background(), id, "")
 
 	// Much later (a token rotation, a new owner): Buko redelivers the last update.
 	e.hand(bot.ID, ups[2])
-	waitFor(t, "the redelivery's run to end", ended(first.WorkflowExecutionInfo.Execution.RunId))
+	testsupport.Until(t, "the redelivery's run to end", waitLimit, ended(first.WorkflowExecutionInfo.Execution.RunId))
 	var res ChatResult
 	if err := e.c.GetWorkflow(context.Background(), id, "").Get(context.Background(), &res); err != nil {
 		t.Fatal(err)
@@ -300,11 +301,11 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 		t.Fatalf("after the redelivery: replies %q, run result %+v; want 2 replies, the redelivery dropped", replyTexts(r), res)
 	}
 	// A new update is still answered.
-	e.say(chat, user, "and this one too "+randomHex(4))
+	e.say(chat, user, "and this one too "+testsupport.RandHex(4))
 	for _, u := range e.updates(bot, 1) {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "the new update's reply", func() (bool, string) {
+	testsupport.Until(t, "the new update's reply", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 3, fmt.Sprint(replyTexts(r))
 	})

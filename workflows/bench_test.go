@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/sessions"
 )
 
@@ -41,7 +42,7 @@ func TestIntegrationGatewaySessionToReply(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		e.say(chat, user, fmt.Sprintf("via gateway %d", i))
 	}
-	waitFor(t, "six replies", func() (bool, string) {
+	testsupport.Until(t, "six replies", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 6, fmt.Sprint(replyTexts(r))
 	})
@@ -90,7 +91,7 @@ func BenchmarkIngest(b *testing.B) {
 		workers = 16
 		chunk   = 100
 	)
-	queue := "bench-ingest-" + randomHex(4)
+	queue := "bench-ingest-" + testsupport.RandHex(4)
 	h := NewHandoff(coded, queue).WithMetrics(NewMetrics(prometheus.NewRegistry()))
 	var seq atomic.Int64
 	send := func(mode string) error {
@@ -181,7 +182,7 @@ func BenchmarkEchoLatency(b *testing.B) {
 		ps = append(ps, pair{bot, c, u})
 	}
 	for _, p := range ps { // the greetings
-		waitFor(b, "greeting", func() (bool, string) { return len(e.botReplies(p.chat)) == 1, "" })
+		testsupport.Until(b, "greeting", waitLimit, func() (bool, string) { return len(e.botReplies(p.chat)) == 1, "" })
 	}
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
@@ -194,7 +195,7 @@ func BenchmarkEchoLatency(b *testing.B) {
 			if time.Since(start) > 2*time.Minute {
 				b.Fatal("no reply within 2 minutes")
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // a latency measurement: poll at 1 ms resolution
 		}
 		lat = append(lat, time.Since(start))
 	}

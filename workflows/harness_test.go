@@ -2,8 +2,6 @@ package workflows
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -23,6 +21,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/codec"
 )
@@ -48,9 +47,11 @@ func rememberSecret(s string) {
 }
 
 // TestMain deletes the namespace this run registered, through the operator
-// service, once every test is done (the dev server keeps namespaces in memory).
-func TestMain(m *testing.M) {
-	code := m.Run()
+// service, once every test is done (the dev server keeps namespaces in memory),
+// and then fails the run when a test left a goroutine behind.
+func TestMain(m *testing.M) { testsupport.Main(m, deleteTestNamespace) }
+
+func deleteTestNamespace() {
 	if testRun.ns != "" {
 		if c, err := client.Dial(client.Options{HostPort: os.Getenv("TEMPORAL_ADDRESS"), Logger: NewLogger(zerolog.Nop())}); err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -61,25 +62,11 @@ func TestMain(m *testing.M) {
 			c.Close()
 		}
 	}
-	os.Exit(code)
 }
 
 func temporalAddress(t testing.TB) string {
 	t.Helper()
-	addr := os.Getenv("TEMPORAL_ADDRESS")
-	if addr == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TEMPORAL_ADDRESS is not set (CI=true): run `make services` and source ~/.cache/agentrunner/run/services.env")
-		}
-		t.Skip("SKIPPING Temporal integration test: TEMPORAL_ADDRESS is not set (run `make services`, then source ~/.cache/agentrunner/run/services.env)")
-	}
-	return addr
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	return testsupport.Getenv(t, "Temporal", "TEMPORAL_ADDRESS", testsupport.ServicesHint)
 }
 
 // testNamespace registers (once per process) a fresh namespace and waits until it serves.
@@ -87,7 +74,7 @@ func testNamespace(t testing.TB) string {
 	t.Helper()
 	addr := temporalAddress(t)
 	testRun.once.Do(func() {
-		ns := "agentrunner-test-" + randomHex(4)
+		ns := "agentrunner-test-" + testsupport.RandHex(4)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		nc, err := client.NewNamespaceClient(client.Options{HostPort: addr, Logger: NewLogger(zerolog.Nop())})
@@ -166,7 +153,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	ns := testNamespace(t)
-	e := &env{t: t, ns: ns, queue: "test-" + t.Name() + "-" + randomHex(3), keys: testKeys(t),
+	e := &env{t: t, ns: ns, queue: "test-" + t.Name() + "-" + testsupport.RandHex(3), keys: testKeys(t),
 		tokens: &memTokens{m: map[string]vault.Token{}}, bots: &memBots{m: map[string]BotSpec{}}, marks: &memMarks{m: map[string]buko.UpdateID{}}, reg: prometheus.NewRegistry()}
 	e.metrics = NewMetrics(e.reg)
 	s := sim.New(sim.Options{})
@@ -253,7 +240,7 @@ func (e *env) newBot(handle, agent string, config json.RawMessage) BotSpec {
 }
 
 func (e *env) newUser(name string) string {
-	u, err := e.control().CreateUser(context.Background(), name, strings.ToLower(name)+randomHex(2))
+	u, err := e.control().CreateUser(context.Background(), name, strings.ToLower(name)+testsupport.RandHex(2))
 	e.must(err)
 	return u.UserID
 }
@@ -344,21 +331,9 @@ func (e *env) state(botID, chatID string) (StateView, error) {
 	return sv, err
 }
 
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t testing.TB, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	var last string
-	for time.Now().Before(deadline) {
-		ok, s := cond()
-		if ok {
-			return
-		}
-		last = s
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s (last: %s)", what, last)
-}
+// waitLimit bounds the waits of the Temporal-backed tests (generous: one
+// update's path crosses several workflows and activities).
+const waitLimit = 2 * time.Minute
 
 // ---- worker-side dependencies ----
 

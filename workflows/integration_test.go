@@ -19,6 +19,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/workflows/agents"
 )
 
@@ -36,19 +37,19 @@ func TestIntegrationEchoDuplicateProcessedOnce(t *testing.T) {
 	bot := e.newBot("echo_dup", "echo", nil)
 	user := e.newUser("Alice")
 	chat := e.startChat(user, bot.ID) // my_chat_member + /start
-	msg := e.say(chat, user, "hello duplicate "+randomHex(4))
+	msg := e.say(chat, user, "hello duplicate "+testsupport.RandHex(4))
 	ups := e.updates(bot, 3)
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 		e.hand(bot.ID, u) // at-least-once delivery: the same update twice
 	}
-	waitFor(t, "two bot replies", func() (bool, string) {
+	testsupport.Until(t, "two bot replies", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) >= 2, fmt.Sprint(replyTexts(r))
 	})
 	// Redeliver once more after processing; then wait until the workflow has seen it.
 	e.hand(bot.ID, ups[2])
-	waitFor(t, "four duplicates dropped", func() (bool, string) {
+	testsupport.Until(t, "four duplicates dropped", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Duplicates == 4 && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -105,7 +106,7 @@ func TestIntegrationOrderWithinChatUnderConcurrency(t *testing.T) {
 	}
 	for n := 0; n < perChat; n++ {
 		for _, c := range cs {
-			txt := fmt.Sprintf("chat %s msg %d %s", c.id, n, randomHex(2))
+			txt := fmt.Sprintf("chat %s msg %d %s", c.id, n, testsupport.RandHex(2))
 			c.texts = append(c.texts, txt)
 			e.say(c.id, c.userID, txt)
 		}
@@ -135,7 +136,7 @@ func TestIntegrationOrderWithinChatUnderConcurrency(t *testing.T) {
 	}
 	wg.Wait()
 	for _, c := range cs {
-		waitFor(t, "all replies in "+c.id, func() (bool, string) {
+		testsupport.Until(t, "all replies in "+c.id, waitLimit, func() (bool, string) {
 			r := e.botReplies(c.id)
 			return len(r) >= perChat+1, fmt.Sprint(len(r))
 		})
@@ -155,7 +156,7 @@ func TestIntegrationChaosRetriedReplyOnce(t *testing.T) {
 	const n = 8
 	var texts []string
 	for i := 0; i < n; i++ {
-		texts = append(texts, fmt.Sprintf("chaos %d %s", i, randomHex(2)))
+		texts = append(texts, fmt.Sprintf("chaos %d %s", i, testsupport.RandHex(2)))
 		e.say(chat, user, texts[i])
 	}
 	ups := e.updates(bot, n+2)
@@ -164,7 +165,7 @@ func TestIntegrationChaosRetriedReplyOnce(t *testing.T) {
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "all replies through chaos", func() (bool, string) {
+	testsupport.Until(t, "all replies through chaos", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == n+2 && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -196,7 +197,7 @@ func TestIntegrationForbiddenNotRetried(t *testing.T) {
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "all updates processed", func() (bool, string) {
+	testsupport.Until(t, "all updates processed", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == 3, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -219,20 +220,20 @@ func TestIntegrationRedeliveryAfterContinueAsNewDropped(t *testing.T) {
 	user := e.newUser("Erin")
 	chat := e.startChat(user, bot.ID)
 	for i := 0; i < 4; i++ {
-		e.say(chat, user, fmt.Sprintf("can %d %s", i, randomHex(2)))
+		e.say(chat, user, fmt.Sprintf("can %d %s", i, testsupport.RandHex(2)))
 	}
 	ups := e.updates(bot, 6)
 	for _, u := range ups {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "six processed across runs", func() (bool, string) {
+	testsupport.Until(t, "six processed across runs", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Processed == 6 && st.Runs >= 2, fmt.Sprintf("%+v %v", st, err)
 	})
 	for _, u := range []buko.Update{ups[0], ups[3], ups[5]} {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "redeliveries dropped", func() (bool, string) {
+	testsupport.Until(t, "redeliveries dropped", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Duplicates == 3 && st.Pending == 0, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -286,14 +287,14 @@ func TestIntegrationFairnessFloodingBotDoesNotStarveOthers(t *testing.T) {
 	for _, u := range e.updates(flood, 2*floodChats) {
 		e.hand(flood.ID, u)
 	}
-	waitFor(t, "flood bot to hold its slots", func() (bool, string) { return seen() >= 2, fmt.Sprint(seen()) })
+	testsupport.Until(t, "flood bot to hold its slots", waitLimit, func() (bool, string) { return seen() >= 2, fmt.Sprint(seen()) })
 	qu := e.newUser("Quiet")
 	qc := e.startChat(qu, quiet.ID)
 	e.say(qc, qu, "am I starved?")
 	for _, u := range e.updates(quiet, 3) {
 		e.hand(quiet.ID, u)
 	}
-	waitFor(t, "the quiet bot's replies while the flood is stuck", func() (bool, string) {
+	testsupport.Until(t, "the quiet bot's replies while the flood is stuck", waitLimit, func() (bool, string) {
 		r := e.botReplies(qc)
 		return len(r) == 2, fmt.Sprint(replyTexts(r))
 	})
@@ -301,7 +302,7 @@ func TestIntegrationFairnessFloodingBotDoesNotStarveOthers(t *testing.T) {
 		t.Errorf("flood bot ran %d agent calls at once, bound is 2", m)
 	}
 	release()
-	waitFor(t, "the flood to drain", func() (bool, string) { return seen() >= 2*floodChats, fmt.Sprint(seen()) })
+	testsupport.Until(t, "the flood to drain", waitLimit, func() (bool, string) { return seen() >= 2*floodChats, fmt.Sprint(seen()) })
 }
 
 func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
@@ -318,7 +319,7 @@ func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
 	for _, u := range e.updates(bot, 2) {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "failures recorded", func() (bool, string) {
+	testsupport.Until(t, "failures recorded", waitLimit, func() (bool, string) {
 		st, err := e.state(bot.ID, chat)
 		return err == nil && st.Failures == 2 && st.Processed == 2, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -326,7 +327,7 @@ func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
 	if !strings.Contains(st.LastError, ErrTypeAgentReply) {
 		t.Errorf("last error %q does not name %s", st.LastError, ErrTypeAgentReply)
 	}
-	waitFor(t, "the failure notice", func() (bool, string) {
+	testsupport.Until(t, "the failure notice", waitLimit, func() (bool, string) {
 		r := e.botReplies(chat)
 		return len(r) == 1 && r[0].Text == FailureNotice, fmt.Sprint(replyTexts(r))
 	})
@@ -340,11 +341,11 @@ func TestIntegrationZZHistoryScan(t *testing.T) {
 	bot := e.newBot("scan_bot", "echo", nil)
 	user := e.newUser("Grace")
 	chat := e.startChat(user, bot.ID)
-	e.say(chat, user, "my secret diary entry "+randomHex(6))
+	e.say(chat, user, "my secret diary entry "+testsupport.RandHex(6))
 	for _, u := range e.updates(bot, 3) {
 		e.hand(bot.ID, u)
 	}
-	waitFor(t, "replies", func() (bool, string) { return len(e.botReplies(chat)) == 2, "" })
+	testsupport.Until(t, "replies", waitLimit, func() (bool, string) { return len(e.botReplies(chat)) == 2, "" })
 
 	testRun.mu.Lock()
 	secrets := append([]string(nil), testRun.secrets...)

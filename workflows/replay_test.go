@@ -22,6 +22,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/workflows/agents"
 	"buko.app/agentrunner/workflows/codec"
 )
@@ -126,7 +127,7 @@ func TestRecordHistory(t *testing.T) {
 		}
 	}
 	id := WorkflowID(bot.ID, chat)
-	waitFor(t, "the workflow chain to end idle", func() (bool, string) {
+	testsupport.Until(t, "the workflow chain to end idle", waitLimit, func() (bool, string) {
 		d, err := c.DescribeWorkflowExecution(context.Background(), id, "")
 		if err != nil {
 			return false, err.Error()

@@ -3,8 +3,6 @@ package workflows
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/agents"
 	"buko.app/agentrunner/workflows/codec"
@@ -80,13 +79,8 @@ func TestSecretAndTokenCiphertextsAreSeparateDomains(t *testing.T) {
 // VAULT_TOKEN), on a derived key of the test's own; it skips without Vault.
 func transitCipher(t *testing.T) vault.Cipher {
 	t.Helper()
-	addr, token := os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")
-	if addr == "" || token == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true needs VAULT_ADDR and VAULT_TOKEN (make services)")
-		}
-		t.Skip("\n!!! SKIPPED: no Vault (VAULT_ADDR/VAULT_TOKEN); run `make services` and source ~/.cache/agentrunner/run/services.env\n")
-	}
+	addr := testsupport.Getenv(t, "Vault", "VAULT_ADDR", testsupport.ServicesHint)
+	token := testsupport.Getenv(t, "Vault", "VAULT_TOKEN", testsupport.ServicesHint)
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
 	vc, err := api.NewClient(cfg)
@@ -94,9 +88,7 @@ func transitCipher(t *testing.T) vault.Cipher {
 		t.Fatal(err)
 	}
 	vc.SetToken(token)
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	key := "wf-secrets-" + hex.EncodeToString(b)
+	key := "wf-secrets-" + testsupport.RandHex(5)
 	if _, err := vc.Logical().WriteWithContext(context.Background(), "transit/keys/"+key, map[string]any{"derived": true}); err != nil {
 		t.Fatalf("create key: %v", err)
 	}

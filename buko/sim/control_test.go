@@ -10,6 +10,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 func TestControlAPIAdminToken(t *testing.T) {
@@ -166,7 +167,7 @@ func TestStatsCounters(t *testing.T) {
 	ws := e.connect(tok)
 	up := ws.update()
 	ws.ack(up.UpdateID)
-	eventually(t, "ack counted", func() bool { return e.stats().Acked == 3 })
+	testsupport.Within(t, "ack counted", wait, func() bool { return e.stats().Acked == 3 })
 
 	raw := e.rawGet("/sim/stats")
 	var m map[string]any
@@ -188,7 +189,7 @@ func TestStatsCounters(t *testing.T) {
 		t.Fatalf("stats: %+v", st)
 	}
 	ws.close()
-	eventually(t, "gateway_open = 0", func() bool { return e.stats().GatewayOpen == 0 })
+	testsupport.Within(t, "gateway_open = 0", wait, func() bool { return e.stats().GatewayOpen == 0 })
 }
 
 func TestPatchBot(t *testing.T) {

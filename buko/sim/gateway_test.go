@@ -16,6 +16,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // chatWithBot makes a bot, a user and a started private chat, and drains
@@ -45,7 +46,7 @@ func TestGatewayDeliveryAckAndRedelivery(t *testing.T) {
 
 	// Cumulative ack of the second confirms the first two.
 	ws.ack(got[1].UpdateID)
-	eventually(t, "acked = 2", func() bool { return e.stats().Acked-base.Acked == 2 })
+	testsupport.Within(t, "acked = 2", wait, func() bool { return e.stats().Acked-base.Acked == 2 })
 	ws.close()
 
 	// Reconnect without acking the third: it comes again, same id, in order
@@ -63,7 +64,7 @@ func TestGatewayDeliveryAckAndRedelivery(t *testing.T) {
 	// Acking an older id after a newer one changes nothing; acking the last confirms all.
 	ws2.ack(got[0].UpdateID)
 	ws2.ack(again[1].UpdateID)
-	eventually(t, "acked = 4", func() bool { return e.stats().Acked-base.Acked == 4 })
+	testsupport.Within(t, "acked = 4", wait, func() bool { return e.stats().Acked-base.Acked == 4 })
 	ws2.close()
 	ws3 := e.connect(tok)
 	if !ws3.quiet(200 * time.Millisecond) {
@@ -168,10 +169,10 @@ func TestGatewayActiveBlocksPolling(t *testing.T) {
 	e.say(chat, u, "two")
 	got := ws.updates(2)
 	ws.ack(got[0].UpdateID)
-	eventually(t, "ack", func() bool { return e.stats().Acked-base.Acked == 1 })
+	testsupport.Within(t, "ack", wait, func() bool { return e.stats().Acked-base.Acked == 1 })
 	ws.close()
 	var ups []buko.Update
-	eventually(t, "polling allowed after the socket closed", func() bool {
+	testsupport.Within(t, "polling allowed after the socket closed", wait, func() bool {
 		ups, err = e.api.GetUpdates(ctx(t), tok, buko.GetUpdatesParams{})
 		return err == nil
 	})
@@ -288,7 +289,7 @@ func TestConnectionLimitRejectNew(t *testing.T) {
 		t.Fatalf("stats: %+v", st)
 	}
 	ws.close()
-	eventually(t, "slot freed", func() bool { return e.stats().GatewayOpen == 0 })
+	testsupport.Within(t, "slot freed", wait, func() bool { return e.stats().GatewayOpen == 0 })
 	e.connect(tok)
 
 	// Limit 2: two sockets, both get every update; the third is refused.
@@ -392,7 +393,7 @@ func TestPollingCursor(t *testing.T) {
 		res <- ups
 	}()
 	// Wait until the poll has confirmed p4, then post.
-	eventually(t, "long poll started", func() bool {
+	testsupport.Within(t, "long poll started", wait, func() bool {
 		bv, err := e.sc.Bot(ctx(e.t), e.firstBot())
 		e.must(err)
 		return bv.PendingUpdates == 0
@@ -460,5 +461,5 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	}
 	srv.Close()
 	srv.Client().CloseIdleConnections()
-	eventually(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base })
+	testsupport.Within(t, "goroutines back to the baseline", wait, func() bool { return runtime.NumGoroutine() <= base })
 }

@@ -16,6 +16,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // wait is the generous deadline of every await in these tests.
@@ -245,18 +246,6 @@ func wantCode(t testing.TB, err error, status int, code string) *buko.Error {
 	return ae
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // wsClient is a test Gateway client: a background reader feeds frames into
 // a channel so the test can wait with deadlines without closing the socket.
 type wsClient struct {
@@ -424,7 +413,7 @@ func (w *wsClient) close() {
 	_ = w.c.Close(websocket.StatusNormalClosure, "bye")
 	<-w.done
 	if before > 0 {
-		eventually(w.t, "the server to see the socket closed", func() bool { return w.e.openSockets(w.botID) < before })
+		testsupport.Within(w.t, "the server to see the socket closed", wait, func() bool { return w.e.openSockets(w.botID) < before })
 	}
 }
 

@@ -35,13 +35,14 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 func TestMain(m *testing.M) {
 	if os.Getenv("SIM_BENCH_CHILD") == "1" {
 		os.Exit(runSocketClients(os.Getenv("SIM_BENCH_URL")))
 	}
-	os.Exit(m.Run())
+	testsupport.Main(m) // fails the run when a test leaves a goroutine behind
 }
 
 func envInt(name string, def int) int {
@@ -130,16 +131,6 @@ func produce(tb testing.TB, h http.Handler, bots []benchBot, total int) {
 	wg.Wait()
 }
 
-func waitFor(tb testing.TB, what string, d time.Duration, cond func() bool) {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // BenchmarkGatewayDelivery pushes b.N updates through the control API to
 // SIM_BENCH_BOTS bots (default 100), each with one Gateway socket whose
 // in-process client acks every update; it reports updates/s delivered.
@@ -170,13 +161,13 @@ func BenchmarkGatewayDelivery(b *testing.B) {
 		}()
 	}
 	// The start updates (2 per bot) arrive first.
-	waitFor(b, "start updates", time.Minute, func() bool { return received.Load() == int64(2*nBots) })
+	testsupport.Within(b, "start updates", time.Minute, func() bool { return received.Load() == int64(2*nBots) })
 	received.Store(0)
 
 	b.ResetTimer()
 	start := time.Now()
 	produce(b, s, bots, b.N)
-	waitFor(b, "delivery", 10*time.Minute, func() bool { return received.Load() >= int64(b.N) })
+	testsupport.Within(b, "delivery", 10*time.Minute, func() bool { return received.Load() >= int64(b.N) })
 	elapsed := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "updates/s")
@@ -231,22 +222,7 @@ func sampleMem() memSample {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return memSample{heap: ms.HeapAlloc, stack: ms.StackInuse, rss: rssBytes(), goroutines: runtime.NumGoroutine()}
-}
-
-// rssBytes reads VmRSS from /proc/self/status (0 where there is none).
-func rssBytes() uint64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb * 1024
-		}
-	}
-	return 0
+	return memSample{heap: ms.HeapAlloc, stack: ms.StackInuse, rss: testsupport.RSS(), goroutines: runtime.NumGoroutine()}
 }
 
 // BenchmarkGatewaySockets opens SIM_BENCH_SOCKETS idle Gateway sockets (one
@@ -309,9 +285,9 @@ func benchSockets(b *testing.B, n, active, total int) {
 		b.Fatalf("child: %q", line)
 	}
 	openTime := time.Since(start)
-	waitFor(b, "all sockets open", 5*time.Minute, func() bool { return directStats(b, s).GatewayOpen == int64(n) })
+	testsupport.Within(b, "all sockets open", 5*time.Minute, func() bool { return directStats(b, s).GatewayOpen == int64(n) })
 	// Idle: every writer has finished, one reader goroutine per socket is left.
-	waitFor(b, "idle sockets", 5*time.Minute, func() bool { return runtime.NumGoroutine() <= base.goroutines+n+8 })
+	testsupport.Within(b, "idle sockets", 5*time.Minute, func() bool { return runtime.NumGoroutine() <= base.goroutines+n+8 })
 	open := sampleMem()
 	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
 	b.ReportMetric(per(open.heap, base.heap), "heap-B/socket")
@@ -335,12 +311,12 @@ func benchSockets(b *testing.B, n, active, total int) {
 		direct(b, s, "POST", "/sim/chats/private", map[string]any{"user_id": u.UserID, "bot_id": bots[i].id}, &c)
 		bots[i].chat, bots[i].user = c.ChatID, u.UserID
 	}
-	waitFor(b, "start updates acked", 5*time.Minute, func() bool { return directStats(b, s).Acked-acked0 == int64(2*active) })
+	testsupport.Within(b, "start updates acked", 5*time.Minute, func() bool { return directStats(b, s).Acked-acked0 == int64(2*active) })
 	acked1 := directStats(b, s).Acked
 	b.StartTimer()
 	t0 := time.Now()
 	produce(b, s, bots[:active], total)
-	waitFor(b, "all updates acked", 10*time.Minute, func() bool { return directStats(b, s).Acked-acked1 >= int64(total) })
+	testsupport.Within(b, "all updates acked", 10*time.Minute, func() bool { return directStats(b, s).Acked-acked1 >= int64(total) })
 	elapsed := time.Since(t0)
 	b.StopTimer()
 	b.ReportMetric(float64(total)/elapsed.Seconds(), "updates/s")
@@ -386,7 +362,7 @@ func runSocketClients(url string) int {
 				if err == nil {
 					break
 				}
-				time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond)
+				time.Sleep(time.Duration(attempt+1) * 100 * time.Millisecond) // the child process's dial retry backoff
 			}
 			if err != nil {
 				failed.Add(1)

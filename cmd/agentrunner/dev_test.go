@@ -20,6 +20,7 @@ import (
 
 	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/buko/sim/web/browser"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/migrations/pgtest"
 )
 
@@ -49,10 +50,7 @@ func TestDevEndToEnd(t *testing.T) {
 		}
 	}
 	if bin == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no Temporal CLI: set AGENTRUNNER_TEMPORAL_BIN (CI=true)")
-		}
-		t.Skip("SKIPPING: no Temporal CLI (run `make services` and source ~/.cache/agentrunner/run/services.env)")
+		testsupport.Unavailable(t, "the Temporal CLI", "$AGENTRUNNER_TEMPORAL_BIN is not set and no temporal on PATH", testsupport.ServicesHint)
 	}
 	dsn := pgtest.NewEmpty(t)
 	dir := t.TempDir()

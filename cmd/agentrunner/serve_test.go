@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
@@ -227,13 +228,13 @@ func TestServeTemporalEndToEnd(t *testing.T) {
 		"--payload-keys", keys)
 	defer cancel()
 
-	waitFor(t, done, 90*time.Second, "the bot to go live", func() bool {
+	testsupport.Within(t, "the bot to go live", 90*time.Second, whileServing(t, done, "the bot to go live", func() bool {
 		live, _ := env.Live(t, runnertest.IDs(bots))
 		return live == 1
-	})
+	}))
 	start := time.Now()
 	env.Send(t, bots[0], "hello through temporal")
-	waitFor(t, done, 90*time.Second, "the echo reply", func() bool {
+	testsupport.Within(t, "the echo reply", 90*time.Second, whileServing(t, done, "the echo reply", func() bool {
 		msgs, err := env.Control.Transcript(context.Background(), bots[0].ChatID, "")
 		if err != nil {
 			t.Fatal(err)
@@ -244,7 +245,7 @@ func TestServeTemporalEndToEnd(t *testing.T) {
 			}
 		}
 		return false
-	})
+	}))
 	t.Logf("echo reply after %s", time.Since(start).Round(time.Millisecond))
 	if strings.Contains(out.String(), "hello through temporal") {
 		t.Error("the user's text is in serve's log")
@@ -261,18 +262,14 @@ func TestServeTemporalEndToEnd(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing after d or if serve returns.
-func waitFor(t *testing.T, done <-chan error, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
+// whileServing is cond, failing t at once if serve has returned (done).
+func whileServing(t *testing.T, done <-chan error, what string, cond func() bool) func() bool {
+	return func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("serve returned while waiting for %s: %v", what, err)
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
+		return cond()
 	}
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +12,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 func TestVaultRotateKeyAndRewrapLocal(t *testing.T) {
@@ -75,16 +74,9 @@ func TestVaultRotateKeyAndRewrapLocal(t *testing.T) {
 // TestVaultCommandsTransit runs the bots and vault commands against the real
 // Vault dev server, on a key of the test's own.
 func TestVaultCommandsTransit(t *testing.T) {
-	addr, token := os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN")
-	if addr == "" || token == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI=true needs VAULT_ADDR and VAULT_TOKEN (make services)")
-		}
-		t.Skip("\n!!! SKIPPED: no Vault (VAULT_ADDR/VAULT_TOKEN); run `make services` and source ~/.cache/agentrunner/run/services.env\n")
-	}
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	key := "cli-" + hex.EncodeToString(b)
+	addr := testsupport.Getenv(t, "Vault", "VAULT_ADDR", testsupport.ServicesHint)
+	token := testsupport.Getenv(t, "Vault", "VAULT_TOKEN", testsupport.ServicesHint)
+	key := "cli-" + testsupport.RandHex(5)
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
 	vc, err := api.NewClient(cfg)

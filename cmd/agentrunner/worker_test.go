@@ -18,6 +18,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows"
 	"buko.app/agentrunner/workflows/codec"
@@ -25,14 +26,7 @@ import (
 
 func needTemporal(t *testing.T) string {
 	t.Helper()
-	addr := os.Getenv("TEMPORAL_ADDRESS")
-	if addr == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TEMPORAL_ADDRESS is not set (CI=true)")
-		}
-		t.Skip("SKIPPING: TEMPORAL_ADDRESS is not set (run `make services` and source ~/.cache/agentrunner/run/services.env)")
-	}
-	return addr
+	return testsupport.Getenv(t, "Temporal", "TEMPORAL_ADDRESS", testsupport.ServicesHint)
 }
 
 func TestCodecCommandsRejectBadUse(t *testing.T) {
@@ -161,10 +155,7 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 		}
 	}
 	var replies []string
-	for deadline := time.Now().Add(2 * time.Minute); len(replies) < 2; {
-		if time.Now().After(deadline) {
-			t.Fatalf("bot replies %q", replies)
-		}
+	testsupport.Until(t, "two bot replies", 2*time.Minute, func() (bool, string) {
 		tr, err := sc.Transcript(ctx, c.ChatID, "")
 		if err != nil {
 			t.Fatal(err)
@@ -175,8 +166,8 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 				replies = append(replies, m.Text)
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return len(replies) >= 2, fmt.Sprintf("bot replies %q", replies)
+	})
 	if !strings.Contains(replies[0], "Worker Bot") || replies[1] != secretText {
 		t.Fatalf("replies %q", replies)
 	}

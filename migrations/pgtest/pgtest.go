@@ -6,13 +6,11 @@
 // The admin connection comes from $AGENTRUNNER_TEST_DATABASE_URL (default
 // postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable, trust auth).
 // When that server does not answer the test is skipped with a loud message, or
-// fails when $CI is "true".
+// fails under CI (internal/testsupport decides which).
 package pgtest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/url"
 	"os"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/migrations"
 )
 
@@ -58,16 +57,13 @@ func create(t testing.TB, migrate bool) string {
 
 	conn, err := pgx.Connect(ctx, admin)
 	if err != nil {
-		unavailable(t, fmt.Sprintf("cannot connect to Postgres at %s: %v", redact(admin), err))
+		testsupport.Unavailable(t, "Postgres", fmt.Sprintf("cannot connect to %s: %v", redact(admin), err),
+			"start it with `make services` (or deploy/dev/postgres.sh); set AGENTRUNNER_TEST_DATABASE_URL for another server")
 		return ""
 	}
 	defer conn.Close(context.Background())
 
-	var b [6]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatalf("pgtest: random name: %v", err)
-	}
-	name := "agentrunner_test_" + hex.EncodeToString(b[:])
+	name := "agentrunner_test_" + testsupport.RandHex(6)
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		t.Fatalf("pgtest: create database %s: %v", name, err)
 	}
@@ -100,15 +96,6 @@ func create(t testing.TB, migrate bool) string {
 		}
 	}
 	return dsn
-}
-
-// unavailable skips the test loudly, or fails it under CI, when Postgres is absent.
-func unavailable(t testing.TB, why string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("pgtest: %s (CI=true: Postgres is required; run `make services`)", why)
-	}
-	t.Skipf("\n!!! SKIPPED: %s\n!!! start it with `make services` (or deploy/dev/postgres.sh); set AGENTRUNNER_TEST_DATABASE_URL for another server", why)
 }
 
 // withDatabase returns dsn (URL or key=value form) pointing at database name.

@@ -6,12 +6,12 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
@@ -142,24 +142,6 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(i, 0), len(s)-1)]
 }
 
-// rss returns a process's resident set size in bytes (Linux).
-func rss(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			f := strings.Fields(line)
-			if len(f) >= 2 {
-				kb, _ := strconv.ParseInt(f[1], 10, 64)
-				return kb * 1024
-			}
-		}
-	}
-	return 0
-}
-
 // handedOff counts the rows of the handoffs table.
 func handedOff(b *testing.B, env *runnertest.Env) int {
 	var n int
@@ -213,17 +195,17 @@ func BenchmarkFleetColdStart(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	reps := []*replica{f.start("a", ""), f.start("b", ""), f.start("c", "")}
-	waitFor(b, "every bot live", 10*time.Minute, func() bool {
+	testsupport.Within(b, "every bot live", 10*time.Minute, func() bool {
 		live, _ := env.Live(b, ids)
 		return live == n
 	})
 	cold := time.Since(start)
 	b.StopTimer()
-	waitFor(b, "shards balanced", 2*time.Minute, func() bool { return balanced(f.owners(), "a", "b", "c") })
+	testsupport.Within(b, "shards balanced", 2*time.Minute, func() bool { return balanced(f.owners(), "a", "b", "c") })
 	per := botsPerOwner(b, env)
 	var rssTotal int64
 	for _, r := range reps {
-		rssTotal += rss(r.cmd.Process.Pid)
+		rssTotal += int64(testsupport.RSSOf(r.cmd.Process.Pid))
 	}
 	st := env.Stats(b)
 	b.ReportMetric(cold.Seconds(), "s-to-all-live")
@@ -248,9 +230,9 @@ func BenchmarkFleetTakeover(b *testing.B) {
 	victim := f.start("b", "")
 	f.start("c", "")
 	f.allLive("every bot live", ids, 10*time.Minute)
-	waitFor(b, "shards balanced", 2*time.Minute, func() bool { return balanced(f.owners(), "a", "b", "c") })
+	testsupport.Within(b, "shards balanced", 2*time.Minute, func() bool { return balanced(f.owners(), "a", "b", "c") })
 	victims := f.botsOf("b")
-	waitFor(b, "the first updates handed off", 5*time.Minute, func() bool { return handedOff(b, env) >= n })
+	testsupport.Within(b, "the first updates handed off", 5*time.Minute, func() bool { return handedOff(b, env) >= n })
 
 	b.ResetTimer()
 	killed := time.Now()
@@ -274,7 +256,7 @@ func BenchmarkFleetTakeover(b *testing.B) {
 				back[v.BotID] = now
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // sampling interval of the measurement, bounded by its deadline
 	}
 	b.StopTimer()
 	if len(back) < len(victims) {
@@ -304,13 +286,13 @@ func BenchmarkFleetRollingRestart(b *testing.B) {
 	f := newFleet(b, env, benchTTL(b))
 	live := map[string]*replica{"a": f.start("a", ""), "b": f.start("b", ""), "c": f.start("c", "")}
 	f.allLive("every bot live", ids, 10*time.Minute)
-	waitFor(b, "shards balanced", 2*time.Minute, func() bool { return balanced(f.owners(), "a", "b", "c") })
+	testsupport.Within(b, "shards balanced", 2*time.Minute, func() bool { return balanced(f.owners(), "a", "b", "c") })
 
 	// Steady state: every bot's first update (its /start) handed off, so the
 	// drains below measure moving bots, not finishing a cold start.
-	waitFor(b, "the first updates handed off", 5*time.Minute, func() bool { return handedOff(b, env) >= n })
+	testsupport.Within(b, "the first updates handed off", 5*time.Minute, func() bool { return handedOff(b, env) >= n })
 	tr := track(env, 100*time.Millisecond)
-	waitFor(b, "the tracker to see every bot", time.Minute, func() bool { return tr.countUp(ids) == n })
+	testsupport.Within(b, "the tracker to see every bot", time.Minute, func() bool { return tr.countUp(ids) == n })
 	before := env.Stats(b)
 	b.ResetTimer()
 	start := time.Now()
@@ -328,8 +310,8 @@ func BenchmarkFleetRollingRestart(b *testing.B) {
 		for k := range live {
 			want = append(want, k)
 		}
-		waitFor(b, "balanced after replacing "+old, 5*time.Minute, func() bool { return balanced(f.owners(), want...) })
-		waitFor(b, "every bot live after replacing "+old, 5*time.Minute, func() bool { return tr.countUp(ids) == n })
+		testsupport.Within(b, "balanced after replacing "+old, 5*time.Minute, func() bool { return balanced(f.owners(), want...) })
+		testsupport.Within(b, "every bot live after replacing "+old, 5*time.Minute, func() bool { return tr.countUp(ids) == n })
 	}
 	took := time.Since(start)
 	b.StopTimer()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
@@ -46,7 +47,7 @@ func TestFleetKill9LosesNothing(t *testing.T) {
 	b := f.start("b", "")
 	f.start("c", "")
 	f.allLive("every bot live", ids, 90*time.Second)
-	waitFor(t, "shards balanced over a, b, c", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b", "c") })
+	testsupport.Within(t, "shards balanced over a, b, c", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b", "c") })
 	victims := f.botsOf("b")
 	if len(victims) == 0 {
 		t.Fatal("b holds no bot; the test proves nothing")
@@ -61,7 +62,7 @@ func TestFleetKill9LosesNothing(t *testing.T) {
 	}
 	f.allLive("b's bots live on a and c", ids, 90*time.Second)
 	t.Logf("every bot live again %s after kill -9 (lease TTL %s)", time.Since(killed).Round(time.Millisecond), testTTL)
-	waitFor(t, "a and c to hold every shard", 60*time.Second, func() bool { return balanced(f.owners(), "a", "c") })
+	testsupport.Within(t, "a and c to hold every shard", 60*time.Second, func() bool { return balanced(f.owners(), "a", "c") })
 	sent := snd.finish(t)
 	f.handedOffOnce(sent, 90*time.Second)
 	if st := env.Stats(t); st.MaxConcurrentGatewayPerBot != 1 {
@@ -81,7 +82,7 @@ func TestFleetDrainLosesNothing(t *testing.T) {
 	b := f.start("b", "")
 	f.start("c", "")
 	f.allLive("every bot live", ids, 90*time.Second)
-	waitFor(t, "shards balanced over a, b, c", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b", "c") })
+	testsupport.Within(t, "shards balanced over a, b, c", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b", "c") })
 
 	snd := startSender(env, bots, "drain", 10*time.Millisecond)
 	snd.waitSent(t, 30, 60*time.Second) // some traffic before the drain
@@ -92,14 +93,14 @@ func TestFleetDrainLosesNothing(t *testing.T) {
 	}
 	f.allLive("every bot live after the drain", ids, 90*time.Second)
 	t.Logf("drain + takeover of b's bots took %s", time.Since(termAt).Round(time.Millisecond))
-	waitFor(t, "a and c to hold every shard", 60*time.Second, func() bool { return balanced(f.owners(), "a", "c") })
+	testsupport.Within(t, "a and c to hold every shard", 60*time.Second, func() bool { return balanced(f.owners(), "a", "c") })
 	if n := b.countLog(`"drained; leases released"`); n != 1 {
 		t.Fatalf("b's log shows %d completed drains", n)
 	}
 
 	// The replacement joins and takes its share.
 	f.start("b2", "")
-	waitFor(t, "shards balanced over a, b2, c", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b2", "c") })
+	testsupport.Within(t, "shards balanced over a, b2, c", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b2", "c") })
 	f.allLive("every bot live after the rebalance", ids, 90*time.Second)
 	sent := snd.finish(t)
 	f.handedOffOnce(sent, 90*time.Second)
@@ -123,7 +124,7 @@ func TestFleetPartitionedReplicaFencesItself(t *testing.T) {
 	a := f.start("a", proxy.DSN(t, env.DSN))
 	f.start("b", "")
 	f.allLive("every bot live", ids, 90*time.Second)
-	waitFor(t, "shards split between a and b", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b") })
+	testsupport.Within(t, "shards split between a and b", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b") })
 	aAdmin := f.adminURL("a")
 	aBots := f.botsOf("a")
 	if len(aBots) == 0 {
@@ -136,14 +137,14 @@ func TestFleetPartitionedReplicaFencesItself(t *testing.T) {
 	if err := env.Pool.QueryRow(context.Background(), `SELECT min(expires_at) FROM shard_leases WHERE owner = 'a'`).Scan(&expires); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a's sessions to stop", 60*time.Second, func() bool {
+	testsupport.Within(t, "a's sessions to stop", 60*time.Second, func() bool {
 		live, _ := env.Live(t, aBots)
 		return live == 0
 	})
 	// When a finished stopping them, by its own log (the same machine's clock
 	// as Postgres's now()); the simulator poll above only says "by now".
 	var stoppedBy time.Time
-	waitFor(t, "a to log the end of its self-fencing", 30*time.Second, func() bool {
+	testsupport.Within(t, "a to log the end of its self-fencing", 30*time.Second, func() bool {
 		stoppedBy = a.lastLogTime(`"reason":"fenced"`, "stopped the sessions of lost shards")
 		return !stoppedBy.IsZero()
 	})
@@ -154,7 +155,7 @@ func TestFleetPartitionedReplicaFencesItself(t *testing.T) {
 	t.Logf("a's sessions were stopped %s before its leases expired", expires.Sub(stoppedBy).Round(time.Millisecond))
 
 	f.allLive("b to run a's bots too", ids, 90*time.Second)
-	waitFor(t, "b to hold every shard", 60*time.Second, func() bool { return balanced(f.owners(), "b") })
+	testsupport.Within(t, "b to hold every shard", 60*time.Second, func() bool { return balanced(f.owners(), "b") })
 	after := env.Stats(t)
 	if after.GatewayRejectedLimit != before.GatewayRejectedLimit {
 		t.Fatalf("%d gateway upgrades were rejected for a socket still open: a did not stop in time",
@@ -170,7 +171,7 @@ func TestFleetPartitionedReplicaFencesItself(t *testing.T) {
 	}
 
 	proxy.Restore()
-	waitFor(t, "a back and the shards split again", 90*time.Second, func() bool { return balanced(f.owners(), "a", "b") })
+	testsupport.Within(t, "a back and the shards split again", 90*time.Second, func() bool { return balanced(f.owners(), "a", "b") })
 	f.allLive("every bot live", ids, 90*time.Second)
 	if st := env.Stats(t); st.MaxConcurrentGatewayPerBot != 1 {
 		t.Fatalf("max_concurrent_gateway_per_bot = %d, want 1", st.MaxConcurrentGatewayPerBot)
@@ -208,7 +209,7 @@ func TestFleetBotChangesTakeEffect(t *testing.T) {
 	took := func(what string, cond func() bool) {
 		t.Helper()
 		start := time.Now()
-		waitFor(t, what, 30*time.Second, cond)
+		testsupport.Within(t, what, 30*time.Second, cond)
 		d := time.Since(start)
 		t.Logf("%s within %s", what, d.Round(time.Millisecond))
 		if d > 2*time.Second {

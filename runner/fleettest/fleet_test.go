@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
@@ -46,19 +47,6 @@ func run(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
-}
-
-// waitFor polls cond until it holds or d passes (generous deadlines; the
-// machine may be slow).
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // fleet is a set of replica processes sharing one Env.
@@ -272,7 +260,7 @@ func (f *fleet) stopAll() {
 func (f *fleet) adminURL(id string) string {
 	f.t.Helper()
 	var addr string
-	waitFor(f.t, "replica "+id+" to record its admin address", 60*time.Second, func() bool {
+	testsupport.Within(f.t, "replica "+id+" to record its admin address", 60*time.Second, func() bool {
 		err := f.env.Pool.QueryRow(context.Background(), `SELECT admin_addr FROM runners WHERE id = $1`, id).Scan(&addr)
 		return err == nil && addr != ""
 	})
@@ -343,7 +331,7 @@ func (f *fleet) botsOf(owner string) map[string]bool {
 // allLive waits until every bot of ids has exactly one open socket.
 func (f *fleet) allLive(what string, ids map[string]bool, d time.Duration) {
 	f.t.Helper()
-	waitFor(f.t, what, d, func() bool {
+	testsupport.Within(f.t, what, d, func() bool {
 		live, maxOpen := f.env.Live(f.t, ids)
 		if maxOpen > 1 {
 			f.t.Fatalf("a bot has %d sockets open at once", maxOpen)
@@ -393,7 +381,7 @@ func startSender(env *runnertest.Env, bots []runnertest.Bot, tag string, every t
 // acts on an amount of traffic, whatever the machine's speed.
 func (s *sender) waitSent(t testing.TB, n int, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d messages sent", n), timeout, func() bool {
+	testsupport.Within(t, fmt.Sprintf("%d messages sent", n), timeout, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		got := 0
@@ -426,8 +414,7 @@ func (s *sender) finish(t testing.TB) map[string][]string {
 // once, and checks that every update the simulator created was handed off.
 func (f *fleet) handedOffOnce(sent map[string][]string, d time.Duration) {
 	f.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
+	testsupport.Until(f.t, "every sent text handed off once", d, func() (bool, string) {
 		missing := ""
 		got := f.env.HandedOffTexts(f.t)
 		for bot, texts := range sent {
@@ -440,14 +427,8 @@ func (f *fleet) handedOffOnce(sent map[string][]string, d time.Duration) {
 				}
 			}
 		}
-		if missing == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("after %s: %s (and maybe more)", d, missing)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return missing == "", missing + " (and maybe more)"
+	})
 	var rows, dups int
 	if err := f.env.Pool.QueryRow(context.Background(), `SELECT count(*), coalesce(sum(attempts - 1), 0) FROM handoffs`).Scan(&rows, &dups); err != nil {
 		f.t.Fatal(err)

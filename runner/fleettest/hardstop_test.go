@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 )
 
@@ -20,7 +21,7 @@ func stuckDrain(t *testing.T, env *runnertest.Env, bots []runnertest.Bot, drainT
 	f := newFleet(t, env, testTTL)
 	r := f.start("a", "", "AGENTRUNNER_DRAIN_TIMEOUT="+drainTimeout)
 	f.allLive("every bot live", runnertest.IDs(bots), 90*time.Second)
-	waitFor(t, "the first updates handed off", 60*time.Second, func() bool {
+	testsupport.Within(t, "the first updates handed off", 60*time.Second, func() bool {
 		var n int
 		err := env.Pool.QueryRow(context.Background(), `SELECT count(*) FROM handoffs`).Scan(&n)
 		return err == nil && n >= len(bots)
@@ -43,7 +44,7 @@ func stuckDrain(t *testing.T, env *runnertest.Env, bots []runnertest.Bot, drainT
 		t.Fatal(err)
 	}
 	env.Send(t, bots[0], "held by the lock")
-	waitFor(t, "a handoff blocked on the lock", 60*time.Second, func() bool {
+	testsupport.Within(t, "a handoff blocked on the lock", 60*time.Second, func() bool {
 		var n int
 		err := env.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks
 			WHERE relation = 'handoffs'::regclass AND NOT granted`).Scan(&n)
@@ -73,7 +74,7 @@ func checkHardStopLosesNothing(t *testing.T, env *runnertest.Env, f *fleet, unlo
 	}
 	unlock()
 	f.start("b", "")
-	waitFor(t, "the held update handed off by the next owner", 90*time.Second, func() bool {
+	testsupport.Within(t, "the held update handed off by the next owner", 90*time.Second, func() bool {
 		return anyText(env.HandedOffTexts(t), "held by the lock") == 1
 	})
 	if st := env.Stats(t); st.MaxConcurrentGatewayPerBot != 1 {
@@ -98,7 +99,7 @@ func TestFleetSecondSignalStopsHard(t *testing.T) {
 	f, a, unlock := stuckDrain(t, env, bots, "10m")
 
 	a.term()
-	waitFor(t, "a to start draining", 60*time.Second, func() bool {
+	testsupport.Within(t, "a to start draining", 60*time.Second, func() bool {
 		return a.countLog(`"draining: releasing every shard"`) == 1
 	})
 	if a.exited() {

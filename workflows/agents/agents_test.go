@@ -193,7 +193,7 @@ func TestOpenAIAgent(t *testing.T) {
 		_ = json.NewDecoder(r.Body).Decode(&got)
 		// Answer only once the agent has shown typing while it waits.
 		for deadline := time.Now().Add(30 * time.Second); typed.Load() == 0 && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // in the server's handler goroutine (no t.Fatal there): bounded poll
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"choices": []any{map[string]any{"message": map[string]any{"role": "assistant", "content": answer}}}})
 	}))

@@ -3,7 +3,6 @@ package codec
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -12,18 +11,13 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 func temporalAddress(t *testing.T) string {
 	t.Helper()
-	addr := os.Getenv("TEMPORAL_ADDRESS")
-	if addr == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TEMPORAL_ADDRESS is not set (CI=true)")
-		}
-		t.Skip("SKIPPING Temporal test: TEMPORAL_ADDRESS is not set (source ~/.cache/agentrunner/run/services.env)")
-	}
-	return addr
+	return testsupport.Getenv(t, "Temporal", "TEMPORAL_ADDRESS", testsupport.ServicesHint)
 }
 
 // awaitSignal returns the first signal "say" it receives.

@@ -6,8 +6,8 @@
 // $AGENTRUNNER_TEST_ARTIFACTS (default test-artifacts/ at the repo root), and
 // at cleanup every Chromium process of the profile must have exited.
 //
-// Without Chromium a test skips, and fails instead when $CI is set (see
-// [Require]).
+// Without Chromium a test skips, and fails instead under CI (see [Require]
+// and internal/testsupport).
 package browser
 
 import (
@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // ChromiumPath is where deploy/dev/chromium.sh (run by `make services`) puts
@@ -48,22 +50,13 @@ func Missing() error {
 	return nil
 }
 
-// InCI reports whether $CI asks for everything to run (set, and not "false"
-// or "0").
-func InCI() bool {
-	ci := os.Getenv("CI")
-	return ci != "" && ci != "false" && ci != "0"
-}
+// InCI reports whether the tests run under CI: [testsupport.CI].
+func InCI() bool { return testsupport.CI() }
 
 // Require skips the test when Chromium is missing, or fails it under CI.
 func Require(t testing.TB) {
 	t.Helper()
-	if err := Missing(); err != nil {
-		if InCI() {
-			t.Fatalf("CI: %v; run deploy/dev/chromium.sh (make services)", err)
-		}
-		t.Skipf("SKIPPING the browser test: %v. Install it with `bash deploy/dev/chromium.sh` (part of `make services`).", err)
-	}
+	testsupport.Require(t, "Chromium", Missing(), "install it with `bash deploy/dev/chromium.sh` (part of `make services`)")
 }
 
 // Browser is one headless Chromium with one tab, owned by one test.

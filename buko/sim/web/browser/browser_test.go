@@ -9,9 +9,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // recorder is a testing.TB that keeps what Errorf reports instead of failing.
@@ -73,20 +74,14 @@ func TestBrowser(t *testing.T) {
 
 	b.Do("click the throwing button", chromedp.Click(chromedp.ID("boom")))
 	b.WaitFn("the click", `() => document.body.dataset.clicked === 'yes'`)
-	deadline := time.Now().Add(StepTimeout)
-	for {
+	testsupport.Within(t, "the uncaught exception to be reported", StepTimeout, func() bool {
 		b.NoExceptions()
-		if errs := rec.reported(); len(errs) > 0 {
-			if len(errs) != 1 || !strings.Contains(errs[0], "boom here") {
-				t.Fatalf("reported %q, want the one exception", errs)
-			}
-			break
+		errs := rec.reported()
+		if len(errs) > 0 && (len(errs) != 1 || !strings.Contains(errs[0], "boom here")) {
+			t.Fatalf("reported %q, want the one exception", errs)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the uncaught exception was never reported")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return len(errs) > 0
+	})
 }
 
 func TestFileName(t *testing.T) {

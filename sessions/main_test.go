@@ -1,0 +1,10 @@
+package sessions
+
+import (
+	"testing"
+
+	"buko.app/agentrunner/internal/testsupport"
+)
+
+// TestMain fails the run when a test leaves a goroutine behind.
+func TestMain(m *testing.M) { testsupport.Main(m) }
