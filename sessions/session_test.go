@@ -15,6 +15,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/permanent"
 )
 
 // chatFixture is a bot with users in private chats, each started (so each
@@ -553,7 +554,7 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 		case "poison":
 			return fmt.Errorf("wrapped: %w", permErr{})
 		case "poison2":
-			return Permanent(errors.New("bad"))
+			return permanent.Mark(errors.New("bad"))
 		}
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"buko.app/agentrunner/permanent"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/agents"
 	"buko.app/agentrunner/workflows/codec"
@@ -100,9 +101,9 @@ func (v VaultSecrets) Secret(ctx context.Context, botID, ref string) (string, er
 	}
 	if errors.Is(err, vault.ErrCiphertext) {
 		if _, lerr := v.Cipher.Decrypt(ctx, []vault.Sealed{{BotID: botID, Ciphertext: ref}}); lerr == nil {
-			return "", agents.Permanent(ErrLegacySecret)
+			return "", permanent.Mark(ErrLegacySecret)
 		}
-		return "", agents.Permanent(err)
+		return "", permanent.Mark(err)
 	}
 	return "", err
 }
