@@ -150,7 +150,27 @@ type KeyUnwrapper struct{ Cipher vault.Cipher }
 
 var _ codec.Unwrapper = KeyUnwrapper{}
 
-// Unwrap implements codec.Unwrapper.
+// Unwrap implements codec.Unwrapper. A key that does not open is a
+// *KeyOpenError naming the cipher (it is vault.ErrCiphertext for errors.Is).
 func (u KeyUnwrapper) Unwrap(ctx context.Context, wrapped string) ([]byte, error) {
-	return openValue(ctx, u.Cipher, CodecKeyBinding, wrapped)
+	b, err := openValue(ctx, u.Cipher, CodecKeyBinding, wrapped)
+	if errors.Is(err, vault.ErrCiphertext) {
+		return nil, &KeyOpenError{Cipher: u.Cipher.Kind(), KeyRef: u.Cipher.KeyRef()}
+	}
+	return b, err
 }
+
+// KeyOpenError is a payload key that the configured token cipher cannot
+// open: it was wrapped by another cipher, keyring or Vault key. Its message
+// names the cipher, and LoadKeyFile's names the file.
+type KeyOpenError struct {
+	Cipher string // vault.KindLocal or vault.KindTransit
+	KeyRef string // the cipher's key (keyring or Transit key name)
+}
+
+func (e *KeyOpenError) Error() string {
+	return fmt.Sprintf("does not open with the %s cipher (key %s): it was wrapped by another cipher or key", e.Cipher, e.KeyRef)
+}
+
+// Unwrap makes errors.Is(err, vault.ErrCiphertext) true.
+func (e *KeyOpenError) Unwrap() error { return vault.ErrCiphertext }
