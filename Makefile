@@ -20,7 +20,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.d
 # Fuzz targets: package:FuzzName, each run for FUZZTIME by `make fuzz`.
 FUZZTIME  ?= 30s
 
-.PHONY: help dev test services build vet fuzz bench clean stop-services
+.PHONY: help dev test services build vet staticcheck fuzz bench clean stop-services
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,9 +28,9 @@ help: ## list the targets
 dev: services build ## run the whole system locally on embedded defaults (docs/dev.md)
 	AGENTRUNNER_TEMPORAL_BIN="$${AGENTRUNNER_TEMPORAL_BIN:-$$(. $(SERVICES_ENV); echo "$${AGENTRUNNER_TEMPORAL_BIN:-}")}" exec $(BIN) dev
 
-test: services ## every test, with the real services (vet, then go test -race)
+test: services vet ## every test, with the real services (gofmt, vet, staticcheck, then go test -race)
 	. $(SERVICES_ENV); \
-	$(GO) vet ./...; \
+	"$${AGENTRUNNER_STATICCHECK_BIN:?run make services}" ./...; \
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 services: ## install and start Postgres, Temporal, Vault and Chromium as needed
@@ -42,6 +42,9 @@ build: ## build bin/agentrunner with version stamps
 vet: ## go vet and gofmt check
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+
+staticcheck: services ## staticcheck, the version pinned in deploy/dev/staticcheck.sh
+	. $(SERVICES_ENV); "$${AGENTRUNNER_STATICCHECK_BIN:?run make services}" ./...
 
 fuzz: ## run every fuzz target for FUZZTIME each
 	for pkg in $$($(GO) list ./...); do \

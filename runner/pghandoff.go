@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"buko.app/agentrunner/buko"
-	"buko.app/agentrunner/sessions"
+	"buko.app/agentrunner/permanent"
 )
 
 // PGHandoff is a sessions.Handoff that makes each update durable as one row
@@ -30,16 +30,16 @@ func NewPGHandoff(pool *pgxpool.Pool, runnerID string, m *Metrics) *PGHandoff {
 
 // Handoff stores u for botID; it returns nil once the row is committed.
 // An update that cannot be stored whatever the retries (an invalid id) is a
-// sessions.Permanent error.
+// permanent error (package permanent).
 func (h *PGHandoff) Handoff(ctx context.Context, botID string, u buko.Update) error {
 	if botID == "" || !u.UpdateID.Valid() {
 		h.metrics.handedOff("error")
-		return sessions.Permanent(fmt.Errorf("runner: handoff: bot %q update %.40q: invalid id", botID, string(u.UpdateID)))
+		return permanent.Mark(fmt.Errorf("runner: handoff: bot %q update %.40q: invalid id", botID, string(u.UpdateID)))
 	}
 	payload, err := json.Marshal(u)
 	if err != nil {
 		h.metrics.handedOff("error")
-		return sessions.Permanent(fmt.Errorf("runner: handoff: encode update %s: %w", u.UpdateID, err))
+		return permanent.Mark(fmt.Errorf("runner: handoff: encode update %s: %w", u.UpdateID, err))
 	}
 	var inserted bool
 	err = h.pool.QueryRow(ctx, `INSERT INTO handoffs (bot_id, update_id, chat_id, payload, runner_id)

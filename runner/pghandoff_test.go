@@ -6,7 +6,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/migrations/pgtest"
-	"buko.app/agentrunner/sessions"
+	"buko.app/agentrunner/permanent"
 )
 
 func TestPGHandoffOnceAndPermanentErrors(t *testing.T) {
@@ -35,7 +35,7 @@ func TestPGHandoffOnceAndPermanentErrors(t *testing.T) {
 		"no update id":  {"bot1", buko.Update{}},
 		"bad update id": {"bot1", buko.Update{UpdateID: "007"}},
 	} {
-		if err := h.Handoff(ctx, c.bot, c.u); !sessions.IsPermanent(err) {
+		if err := h.Handoff(ctx, c.bot, c.u); !permanent.Is(err) {
 			t.Errorf("%s: err = %v, want a permanent error", name, err)
 		}
 	}

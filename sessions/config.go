@@ -95,9 +95,11 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("BotID is empty"))
 	}
 	if c.Client == nil {
+		//lint:ignore ST1005 the message starts with the Config field it names
 		errs = append(errs, errors.New("Client is nil"))
 	}
 	if c.Tokens == nil {
+		//lint:ignore ST1005 the message starts with the Config field it names
 		errs = append(errs, errors.New("Tokens is nil"))
 	}
 	if c.Handoff == nil {
@@ -106,9 +108,11 @@ func (c *Config) validate() error {
 	switch c.Delivery {
 	case "", DeliveryGateway, DeliveryPolling:
 	default:
+		//lint:ignore ST1005 the message starts with the Config field it names
 		errs = append(errs, fmt.Errorf("Delivery %q: want %q or %q", c.Delivery, DeliveryGateway, DeliveryPolling))
 	}
 	if c.Lanes < 0 || c.Lanes > 1024 {
+		//lint:ignore ST1005 the message starts with the Config field it names
 		errs = append(errs, fmt.Errorf("Lanes %d: want 0 (default) to 1024", c.Lanes))
 	}
 	if c.MaxPending < 0 {

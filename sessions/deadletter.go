@@ -27,7 +27,7 @@ const (
 	// ReasonUnreadableFrame: a Gateway frame (or getUpdates item) that may
 	// be an update but has no readable update_id: it cannot be acked by id.
 	ReasonUnreadableFrame = "unreadable_frame"
-	// ReasonHandoffRefused: Handoff failed permanently (IsPermanent).
+	// ReasonHandoffRefused: Handoff failed permanently (permanent.Is).
 	ReasonHandoffRefused = "handoff_refused"
 )
 

@@ -16,6 +16,7 @@ import (
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/internal/testsupport"
+	"buko.app/agentrunner/permanent"
 )
 
 // memSink is an in-memory DeadLetterSink for these unit tests of the
@@ -288,7 +289,7 @@ func TestPermanentFailureDeadLettered(t *testing.T) {
 	cfg.DeadLetters = sink
 	f.rec.fail = func(u buko.Update, attempt int) error {
 		if u.Message != nil && u.Message.Text == "poison" {
-			return Permanent(errors.New("refused by Temporal: bad payload"))
+			return permanent.Mark(errors.New("refused by Temporal: bad payload"))
 		}
 		return nil
 	}

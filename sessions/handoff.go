@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/permanent"
 )
 
 // receive files one delivered update: a new one goes to its chat's lane, a
@@ -105,7 +106,7 @@ func (s *Session) handoff(u *buko.Update, recv time.Time) bool {
 			s.m.handoffDone(time.Since(start))
 			return true
 		}
-		if IsPermanent(err) {
+		if permanent.Is(err) {
 			s.m.handoffFailed(true)
 			s.log.Error().Err(err).Str("update_id", string(u.UpdateID)).
 				Msg("handoff failed permanently; keeping the update as a dead letter")

@@ -16,6 +16,7 @@ import (
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/internal/testsupport"
+	"buko.app/agentrunner/permanent"
 )
 
 // chatFixture is a bot with users in private chats, each started (so each
@@ -557,7 +558,7 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 		case "poison":
 			return fmt.Errorf("wrapped: %w", permErr{})
 		case "poison2":
-			return Permanent(errors.New("bad"))
+			return permanent.Mark(errors.New("bad"))
 		}
 		return nil
 	}

@@ -1,7 +1,6 @@
 package sessions
 
 import (
-	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -73,7 +72,7 @@ func TestLaneOfSpreads(t *testing.T) {
 			t.Errorf("lane %d got %d of 1000", l, n)
 		}
 	}
-	if laneOf("spc_x", 8) != laneOf("spc_x", 8) {
+	if first, again := laneOf("spc_x", 8), laneOf("spc_x", 8); first != again {
 		t.Fatal("not stable")
 	}
 }
@@ -90,39 +89,6 @@ func TestBackoffBounds(t *testing.T) {
 	}
 	if d := between(time.Second, 2*time.Second); d < time.Second || d > 2*time.Second {
 		t.Fatalf("between: %v", d)
-	}
-}
-
-type otherPerm struct{ perm bool }
-
-func (e otherPerm) Error() string   { return "other" }
-func (e otherPerm) Permanent() bool { return e.perm }
-
-func TestIsPermanent(t *testing.T) {
-	base := errors.New("x")
-	for _, tc := range []struct {
-		err  error
-		want bool
-	}{
-		{nil, false},
-		{base, false},
-		{Permanent(base), true},
-		{fmt.Errorf("a: %w", Permanent(base)), true},
-		{otherPerm{true}, true},
-		{otherPerm{false}, false},
-		{fmt.Errorf("b: %w", otherPerm{true}), true},
-		{errors.Join(base, otherPerm{true}), true},
-		{errors.Join(base, otherPerm{false}), false},
-	} {
-		if got := IsPermanent(tc.err); got != tc.want {
-			t.Errorf("IsPermanent(%v) = %v", tc.err, got)
-		}
-	}
-	if Permanent(nil) != nil {
-		t.Error("Permanent(nil) != nil")
-	}
-	if !errors.Is(Permanent(base), base) {
-		t.Error("Permanent does not wrap")
 	}
 }
 

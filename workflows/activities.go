@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/permanent"
 	"buko.app/agentrunner/workflows/agents"
 )
 
@@ -82,7 +83,7 @@ func (a *Activities) RunAgent(ctx context.Context, in AgentInput) (AgentOutput, 
 	ag, err := a.pool.get(ctx, spec, a)
 	if err != nil {
 		a.metrics.agentCall(spec.Agent, "config_error", time.Since(start))
-		if agents.IsPermanent(err) {
+		if permanent.Is(err) {
 			return AgentOutput{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeAgentConfig, nil)
 		}
 		return AgentOutput{}, err
@@ -97,11 +98,11 @@ func (a *Activities) RunAgent(ctx context.Context, in AgentInput) (AgentOutput, 
 	actions, err := ag.Handle(ctx, req)
 	if err == nil {
 		if verr := agents.ValidateActions(actions); verr != nil {
-			err = agents.Permanent(fmt.Errorf("agent reply: %w", verr))
+			err = permanent.Mark(fmt.Errorf("agent reply: %w", verr))
 		}
 	}
 	if err != nil {
-		if agents.IsPermanent(err) {
+		if permanent.Is(err) {
 			a.metrics.agentCall(spec.Agent, "permanent", time.Since(start))
 			a.log.Warn().Str("bot_id", spec.ID).Str("update_id", string(in.Update.UpdateID)).Str("agent", spec.Agent).Err(err).Msg("agent failed for good")
 			return AgentOutput{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeAgentReply, nil)

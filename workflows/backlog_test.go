@@ -19,6 +19,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/internal/testsupport"
+	"buko.app/agentrunner/permanent"
 	"buko.app/agentrunner/workflows/agents"
 )
 
@@ -80,7 +81,7 @@ func (e *env) runLane(t *testing.T, botID string, ups []buko.Update) *lane {
 				if err == nil {
 					break
 				}
-				if IsPermanent(err) {
+				if permanent.Is(err) {
 					t.Errorf("handoff of %s failed permanently: %v", u.UpdateID, err)
 					return
 				}
@@ -122,14 +123,14 @@ type chainRun struct {
 func (e *env) chainRuns(t *testing.T, id string) []chainRun {
 	t.Helper()
 	ctx := context.Background()
-	d, err := e.c.DescribeWorkflowExecution(ctx, id, "")
+	d, err := e.c.DescribeWorkflow(ctx, id, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []chainRun
-	runID := d.WorkflowExecutionInfo.Execution.RunId
+	runID := d.RawResponse.WorkflowExecutionInfo.Execution.RunId
 	for runID != "" {
-		d, err := e.c.DescribeWorkflowExecution(ctx, id, runID)
+		d, err := e.c.DescribeWorkflow(ctx, id, runID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -143,7 +144,7 @@ func (e *env) chainRuns(t *testing.T, id string) []chainRun {
 		for _, p := range attrs.GetInput().GetPayloads() {
 			size += len(p.GetData())
 		}
-		out = append([]chainRun{{runID: runID, status: d.WorkflowExecutionInfo.Status, input: size}}, out...)
+		out = append([]chainRun{{runID: runID, status: d.RawResponse.WorkflowExecutionInfo.Status, input: size}}, out...)
 		runID = attrs.GetContinuedExecutionRunId()
 	}
 	return out
@@ -198,8 +199,8 @@ func TestIntegrationBacklogOfThousandsBlockedAgent(t *testing.T) {
 		if answered != last {
 			last, lastAt = answered, time.Now()
 		}
-		d, err := e.c.DescribeWorkflowExecution(context.Background(), id, "")
-		if err == nil && d.WorkflowExecutionInfo.Status == enumspb.WORKFLOW_EXECUTION_STATUS_TERMINATED {
+		d, err := e.c.DescribeWorkflow(context.Background(), id, "")
+		if err == nil && d.RawResponse.WorkflowExecutionInfo.Status == enumspb.WORKFLOW_EXECUTION_STATUS_TERMINATED {
 			h, _, _ := l.counts()
 			t.Fatalf("the chat workflow was terminated after %d of %d updates were answered (%d handed off): backlog lost", answered, n, h)
 		}
@@ -279,20 +280,20 @@ func TestIntegrationRedeliveryAfterIdleEndNotAnsweredTwice(t *testing.T) {
 	id := WorkflowID(bot.ID, chat)
 	ended := func(runID string) func() (bool, string) {
 		return func() (bool, string) {
-			d, err := e.c.DescribeWorkflowExecution(context.Background(), id, "")
+			d, err := e.c.DescribeWorkflow(context.Background(), id, "")
 			if err != nil {
 				return false, err.Error()
 			}
-			info := d.WorkflowExecutionInfo
+			info := d.RawResponse.WorkflowExecutionInfo
 			return info.Execution.RunId != runID && info.Status == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED, info.Status.String()
 		}
 	}
 	testsupport.Until(t, "the chat workflow to end for quiet time", waitLimit, ended(""))
-	first, _ := e.c.DescribeWorkflowExecution(context.Background(), id, "")
+	first, _ := e.c.DescribeWorkflow(context.Background(), id, "")
 
 	// Much later (a token rotation, a new owner): Buko redelivers the last update.
 	e.hand(bot.ID, ups[2])
-	testsupport.Until(t, "the redelivery's run to end", waitLimit, ended(first.WorkflowExecutionInfo.Execution.RunId))
+	testsupport.Until(t, "the redelivery's run to end", waitLimit, ended(first.RawResponse.WorkflowExecutionInfo.Execution.RunId))
 	var res ChatResult
 	if err := e.c.GetWorkflow(context.Background(), id, "").Get(context.Background(), &res); err != nil {
 		t.Fatal(err)

@@ -15,17 +15,18 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/internal/testsupport"
+	"buko.app/agentrunner/permanent"
 	"buko.app/agentrunner/sessions"
 )
 
 // Compile-time: *Handoff is a sessions.Handoff, and its permanent errors are
-// what sessions.IsPermanent looks for.
+// what sessions looks for (permanent.Is).
 var _ sessions.Handoff = (*Handoff)(nil)
 
 func TestPermanentErrorsSatisfySessions(t *testing.T) {
 	err := NewHandoff(nil, "q").Handoff(context.Background(), "bot", buko.Update{UpdateID: "1"})
-	if !sessions.IsPermanent(err) {
-		t.Fatalf("sessions.IsPermanent(%v) = false", err)
+	if !permanent.Is(err) {
+		t.Fatalf("permanent.Is(%v) = false", err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/permanent"
 )
 
 // maxWorkflowIDLen is Temporal's default limit on workflow ids.
@@ -22,24 +23,12 @@ const maxWorkflowIDLen = 1000
 // WorkflowID is the chat workflow's id: chat/<bot_id>/<chat_id>.
 func WorkflowID(botID, chatID string) string { return "chat/" + botID + "/" + chatID }
 
-// PermanentError is a handoff error that retrying cannot fix (a malformed
+// permanentf is a handoff error that retrying cannot fix (a malformed
 // update, a payload Temporal refuses for itself — not for its run's limits,
-// see RunLimitError). It has the method Permanent() bool that
-// sessions.IsPermanent looks for, so sessions records it and moves on.
-type PermanentError struct{ Err error }
-
-func (e *PermanentError) Error() string   { return e.Err.Error() }
-func (e *PermanentError) Unwrap() error   { return e.Err }
-func (e *PermanentError) Permanent() bool { return true }
-
-// IsPermanent reports whether err is (or wraps) an error with Permanent() true.
-func IsPermanent(err error) bool {
-	var p interface{ Permanent() bool }
-	return errors.As(err, &p) && p.Permanent()
-}
-
-func permanent(format string, args ...any) error {
-	return &PermanentError{Err: fmt.Errorf(format, args...)}
+// see RunLimitError), marked with the project's one marker (package
+// permanent), so sessions records it and moves on.
+func permanentf(format string, args ...any) error {
+	return permanent.Mark(fmt.Errorf(format, args...))
 }
 
 // Per-run limits of Temporal that refuse a signal (as InvalidArgument) but
@@ -133,7 +122,7 @@ func (h *Handoff) WithMetrics(m *Metrics) *Handoff {
 
 // Handoff signals update u to its chat's workflow, starting the workflow if it
 // is not running. It returns nil only once Temporal has recorded the signal.
-// An error is either a *PermanentError (retrying cannot help) or transient.
+// An error is either marked permanent (permanent.Is: retrying cannot help) or transient.
 func (h *Handoff) Handoff(ctx context.Context, botID string, u buko.Update) error {
 	start := time.Now()
 	err := h.handoff(ctx, botID, u)
@@ -143,18 +132,18 @@ func (h *Handoff) Handoff(ctx context.Context, botID string, u buko.Update) erro
 
 func (h *Handoff) handoff(ctx context.Context, botID string, u buko.Update) error {
 	if botID == "" || strings.ContainsAny(botID, "/") {
-		return permanent("workflows: handoff: invalid bot id")
+		return permanentf("workflows: handoff: invalid bot id")
 	}
 	if !u.UpdateID.Valid() {
-		return permanent("workflows: handoff: update has no valid update_id")
+		return permanentf("workflows: handoff: update has no valid update_id")
 	}
 	chatID := u.ChatID()
 	if chatID == "" {
-		return permanent("workflows: handoff: update %s has no chat (unknown kind)", u.UpdateID)
+		return permanentf("workflows: handoff: update %s has no chat (unknown kind)", u.UpdateID)
 	}
 	id := WorkflowID(botID, chatID)
 	if len(id) > maxWorkflowIDLen {
-		return permanent("workflows: handoff: update %s: chat id too long", u.UpdateID)
+		return permanentf("workflows: handoff: update %s: chat id too long", u.UpdateID)
 	}
 	opts := client.StartWorkflowOptions{
 		ID:                    id,
@@ -181,7 +170,7 @@ func (h *Handoff) handoff(ctx context.Context, botID string, u buko.Update) erro
 
 // admit holds a handoff back while the chat's run has had its share of
 // signals from this Handoff and is still busy. Below the share it costs
-// nothing; past it, each attempt asks Temporal (DescribeWorkflowExecution)
+// nothing; past it, each attempt asks Temporal (DescribeWorkflow)
 // whether the run has since continued-as-new or ended (a new share starts),
 // or is idle (no backlog: the signal is safe, and the run continues-as-new
 // right after it).
@@ -197,7 +186,7 @@ func (h *Handoff) admit(ctx context.Context, id string) error {
 	if r == nil || (share.signals < s.MaxSignalsPerRun && share.bytes < s.MaxSignalBytesPerRun) {
 		return nil
 	}
-	d, err := h.c.DescribeWorkflowExecution(ctx, id, "")
+	desc, err := h.c.DescribeWorkflow(ctx, id, "")
 	var notFound *serviceerror.NotFound
 	switch {
 	case errors.As(err, &notFound):
@@ -209,6 +198,7 @@ func (h *Handoff) admit(ctx context.Context, id string) error {
 		}
 		return fmt.Errorf("describe chat workflow: %w", err)
 	}
+	d := desc.RawResponse
 	info := d.GetWorkflowExecutionInfo()
 	if info.GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING || info.GetExecution().GetRunId() != share.runID {
 		h.forget(id, share.runID)
@@ -279,7 +269,7 @@ func classifyHandoffError(ctx context.Context, id buko.UpdateID, err error) erro
 			}
 		}
 		// e.g. a payload over the blob size limit, an id Temporal refuses.
-		return &PermanentError{Err: fmt.Errorf("workflows: handoff of update %s refused by Temporal: %w", id, err)}
+		return permanent.Mark(fmt.Errorf("workflows: handoff of update %s refused by Temporal: %w", id, err))
 	case errors.As(err, &tooBig):
 		return fmt.Errorf("workflows: handoff of update %s: Temporal is busy: %w", id, err)
 	}

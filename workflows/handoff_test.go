@@ -13,7 +13,7 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 
-	"buko.app/agentrunner/sessions"
+	"buko.app/agentrunner/permanent"
 )
 
 // refusingClient is a client.Client whose SignalWithStartWorkflow returns
@@ -59,10 +59,7 @@ func TestHandoffClassifiesTemporalRefusals(t *testing.T) {
 			}
 			var rl *RunLimitError
 			isRL := errors.As(err, &rl)
-			perm := IsPermanent(err)
-			if perm != sessions.IsPermanent(err) {
-				t.Errorf("workflows.IsPermanent %v, sessions.IsPermanent %v", perm, sessions.IsPermanent(err))
-			}
+			perm := permanent.Is(err)
 			switch c.class {
 			case "run_limit":
 				if !isRL || perm || rl.Limit != c.limit {
@@ -105,9 +102,9 @@ func (c *shareClient) SignalWithStartWorkflow(context.Context, string, string, i
 	return fixedRun{id: c.describe.GetWorkflowExecutionInfo().GetExecution().GetRunId()}, nil
 }
 
-func (c *shareClient) DescribeWorkflowExecution(context.Context, string, string) (*workflowservice.DescribeWorkflowExecutionResponse, error) {
+func (c *shareClient) DescribeWorkflow(context.Context, string, string) (*client.WorkflowExecutionDescription, error) {
 	c.describes++
-	return c.describe, nil
+	return &client.WorkflowExecutionDescription{RawResponse: c.describe}, nil
 }
 
 func TestHandoffHoldsBackBusyRunPastItsShare(t *testing.T) {
@@ -137,7 +134,7 @@ func TestHandoffHoldsBackBusyRunPastItsShare(t *testing.T) {
 	// Share used, run busy: held back, transient, and nothing signalled.
 	err := next()
 	var bl *BackloggedError
-	if !errors.As(err, &bl) || IsPermanent(err) || fc.signals != 3 || bl.Signals != 3 {
+	if !errors.As(err, &bl) || permanent.Is(err) || fc.signals != 3 || bl.Signals != 3 {
 		t.Fatalf("err %v (%+v), signals %d; want chat backlogged after 3", err, bl, fc.signals)
 	}
 	// The run went idle: its backlog is worked off, the signal goes in.

@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.temporal.io/sdk/client"
+
+	"buko.app/agentrunner/permanent"
 )
 
 // Metrics are the workflows package's Prometheus metrics. A nil *Metrics is a
@@ -112,7 +114,7 @@ func (m *Metrics) handoff(err error, d time.Duration) {
 	)
 	switch {
 	case err == nil:
-	case IsPermanent(err):
+	case permanent.Is(err):
 		res = "permanent"
 	case errors.As(err, &backlogged):
 		res = "backlogged"

@@ -128,11 +128,11 @@ func TestRecordHistory(t *testing.T) {
 	}
 	id := WorkflowID(bot.ID, chat)
 	testsupport.Until(t, "the workflow chain to end idle", waitLimit, func() (bool, string) {
-		d, err := c.DescribeWorkflowExecution(context.Background(), id, "")
+		d, err := c.DescribeWorkflow(context.Background(), id, "")
 		if err != nil {
 			return false, err.Error()
 		}
-		return d.WorkflowExecutionInfo.Status.String() == "Completed", d.WorkflowExecutionInfo.Status.String()
+		return d.RawResponse.WorkflowExecutionInfo.Status.String() == "Completed", d.RawResponse.WorkflowExecutionInfo.Status.String()
 	})
 	// Every run of the chain, oldest first.
 	resp, err := c.ListWorkflow(context.Background(), &workflowservice.ListWorkflowExecutionsRequest{

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"buko.app/agentrunner/permanent"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/agents"
 	"buko.app/agentrunner/workflows/codec"
@@ -100,9 +101,9 @@ func (v VaultSecrets) Secret(ctx context.Context, botID, ref string) (string, er
 	}
 	if errors.Is(err, vault.ErrCiphertext) {
 		if _, lerr := v.Cipher.Decrypt(ctx, []vault.Sealed{{BotID: botID, Ciphertext: ref}}); lerr == nil {
-			return "", agents.Permanent(ErrLegacySecret)
+			return "", permanent.Mark(ErrLegacySecret)
 		}
-		return "", agents.Permanent(err)
+		return "", permanent.Mark(err)
 	}
 	return "", err
 }
@@ -149,7 +150,27 @@ type KeyUnwrapper struct{ Cipher vault.Cipher }
 
 var _ codec.Unwrapper = KeyUnwrapper{}
 
-// Unwrap implements codec.Unwrapper.
+// Unwrap implements codec.Unwrapper. A key that does not open is a
+// *KeyOpenError naming the cipher (it is vault.ErrCiphertext for errors.Is).
 func (u KeyUnwrapper) Unwrap(ctx context.Context, wrapped string) ([]byte, error) {
-	return openValue(ctx, u.Cipher, CodecKeyBinding, wrapped)
+	b, err := openValue(ctx, u.Cipher, CodecKeyBinding, wrapped)
+	if errors.Is(err, vault.ErrCiphertext) {
+		return nil, &KeyOpenError{Cipher: u.Cipher.Kind(), KeyRef: u.Cipher.KeyRef()}
+	}
+	return b, err
 }
+
+// KeyOpenError is a payload key that the configured token cipher cannot
+// open: it was wrapped by another cipher, keyring or Vault key. Its message
+// names the cipher, and LoadKeyFile's names the file.
+type KeyOpenError struct {
+	Cipher string // vault.KindLocal or vault.KindTransit
+	KeyRef string // the cipher's key (keyring or Transit key name)
+}
+
+func (e *KeyOpenError) Error() string {
+	return fmt.Sprintf("does not open with the %s cipher (key %s): it was wrapped by another cipher or key", e.Cipher, e.KeyRef)
+}
+
+// Unwrap makes errors.Is(err, vault.ErrCiphertext) true.
+func (e *KeyOpenError) Unwrap() error { return vault.ErrCiphertext }

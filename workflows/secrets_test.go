@@ -12,8 +12,8 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"buko.app/agentrunner/internal/testsupport"
+	"buko.app/agentrunner/permanent"
 	"buko.app/agentrunner/vault"
-	"buko.app/agentrunner/workflows/agents"
 	"buko.app/agentrunner/workflows/codec"
 )
 
@@ -119,7 +119,7 @@ func testSeparateDomains(t *testing.T, c vault.Cipher) {
 	if err == nil {
 		t.Fatalf("the token ciphertext opened as an agent secret (%d bytes)", len(got))
 	}
-	if !errors.Is(err, ErrLegacySecret) || !agents.IsPermanent(err) {
+	if !errors.Is(err, ErrLegacySecret) || !permanent.Is(err) {
 		t.Fatalf("token ciphertext as agent secret: want a permanent ErrLegacySecret, got %v", err)
 	}
 	if strings.Contains(err.Error(), "secretTOKEN") {

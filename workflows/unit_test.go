@@ -13,6 +13,7 @@ import (
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/permanent"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/agents"
 )
@@ -32,12 +33,12 @@ func TestHandoffRejectsMalformedUpdatesPermanently(t *testing.T) {
 		"long chat":    {"b", textUpdate("1", long, "x")},
 	} {
 		err := h.Handoff(context.Background(), tc.bot, tc.u)
-		if err == nil || !IsPermanent(err) {
+		if err == nil || !permanent.Is(err) {
 			t.Errorf("%s: want permanent, got %v", name, err)
 		}
 		var p interface{ Permanent() bool }
 		if !errors.As(err, &p) {
-			t.Errorf("%s: error lacks Permanent() for sessions.IsPermanent", name)
+			t.Errorf("%s: error lacks Permanent() for permanent.Is", name)
 		}
 	}
 	if got := WorkflowID("bot_1", "spc_2"); got != "chat/bot_1/spc_2" {

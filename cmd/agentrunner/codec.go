@@ -48,7 +48,7 @@ type codecFlags struct {
 func (c *codecFlags) bind(cmd *cobra.Command) {
 	fs := cmd.Flags()
 	c.cipher.bind(fs)
-	fs.StringVar(&c.temporal.keysFile, "payload-keys", "", "payload key file (default $XDG_DATA_HOME/agentrunner/payload-keys.json)")
+	fs.StringVar(&c.temporal.keysFile, "payload-keys", "", "payload key `file` (default $XDG_DATA_HOME/agentrunner/payload-keys.json)")
 	envFlag(fs, "payload-keys", "AGENTRUNNER_PAYLOAD_KEYS")
 }
 

@@ -127,8 +127,8 @@ func TestDeadLettersReplayThroughTemporal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tc.Close()
-	d, err := tc.DescribeWorkflowExecution(ctx, workflows.WorkflowID(botID, chat), "")
-	if err != nil || d.GetWorkflowExecutionInfo().GetTaskQueue() != queue {
+	d, err := tc.DescribeWorkflow(ctx, workflows.WorkflowID(botID, chat), "")
+	if err != nil || d.RawResponse.GetWorkflowExecutionInfo().GetTaskQueue() != queue {
 		t.Fatalf("chat workflow after replay: %v, %v", d, err)
 	}
 	_ = tc.TerminateWorkflow(ctx, workflows.WorkflowID(botID, chat), "", "test done")

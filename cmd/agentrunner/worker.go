@@ -44,7 +44,7 @@ func (t *temporalFlags) bind(fs *pflag.FlagSet) {
 	fs.StringVar(&t.address, "temporal-address", "127.0.0.1:7233", "Temporal frontend host:port")
 	fs.StringVar(&t.namespace, "temporal-namespace", "default", "Temporal namespace")
 	fs.StringVar(&t.taskQueue, "temporal-task-queue", workflows.DefaultTaskQueue, "Temporal task queue of the chat workflows")
-	fs.StringVar(&t.keysFile, "payload-keys", "", "payload key file of the codec that encrypts workflow payloads (default $XDG_DATA_HOME/agentrunner/payload-keys.json; create it with `agentrunner codec new-key`)")
+	fs.StringVar(&t.keysFile, "payload-keys", "", "payload key `file` of the codec that encrypts workflow payloads (default $XDG_DATA_HOME/agentrunner/payload-keys.json; create it with: agentrunner codec new-key)")
 	envFlag(fs, "temporal-address", "TEMPORAL_ADDRESS")
 	envFlag(fs, "temporal-namespace", "TEMPORAL_NAMESPACE")
 	envFlag(fs, "temporal-task-queue", "TEMPORAL_TASK_QUEUE")

@@ -202,3 +202,54 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 
 // keyringArgs are the cipher flags alone (codec commands take no database).
 func keyringArgs(f *cliFix) []string { return []string{"--cipher", "local", "--keyring", f.keyring} }
+
+// TestPayloadKeyThatDoesNotOpenNamesFileAndCipher: a key file wrapped by one
+// keyring, opened with another, fails with an error that names the key file
+// and the cipher, not the token store's "this bot".
+func TestPayloadKeyThatDoesNotOpenNamesFileAndCipher(t *testing.T) {
+	f := newCLIFix(t)
+	keys := filepath.Join(t.TempDir(), "payload-keys.json")
+	f.mustRun(t, "", append([]string{"codec", "new-key", "--id", "k1", "--payload-keys", keys}, keyringArgs(f)...)...)
+	other := filepath.Join(t.TempDir(), "other-keyring")
+	_, _, err := f.run(t, "{}", "codec", "decode", "--payload-keys", keys, "--cipher", "local", "--keyring", other)
+	if err == nil {
+		t.Fatal("a key wrapped by another keyring opened")
+	}
+	msg := err.Error()
+	for _, want := range []string{keys, `"k1"`, "local cipher"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not name %s", msg, want)
+		}
+	}
+	if strings.Contains(msg, "this bot") {
+		t.Errorf("error %q speaks of a bot", msg)
+	}
+	if !errors.Is(err, vault.ErrCiphertext) {
+		t.Errorf("error %q is not vault.ErrCiphertext", msg)
+	}
+}
+
+// TestPayloadKeysFlagShowsAValueName: pflag takes the usage's backquoted word
+// as the placeholder, so `serve --help` must show a value name there, not a
+// command.
+func TestPayloadKeysFlagShowsAValueName(t *testing.T) {
+	for _, cmd := range []string{"serve", "worker", "codec new-key"} {
+		root := newRootCmd()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(append(strings.Fields(cmd), "--help"))
+		if err := root.Execute(); err != nil {
+			t.Fatalf("%s --help: %v", cmd, err)
+		}
+		var line string
+		for l := range strings.Lines(out.String()) {
+			if strings.Contains(l, "--payload-keys") {
+				line = l
+			}
+		}
+		if !strings.Contains(line, "--payload-keys file ") {
+			t.Errorf("%s --help: the --payload-keys line is %q, want the placeholder file", cmd, line)
+		}
+	}
+}

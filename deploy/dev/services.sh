@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make services`: everything the tests and `make dev` need, idempotently, from a
 # fresh machine: Postgres answering, the Temporal dev server, a Vault dev server
-# with Transit, and Chromium for the browser tests. Builds are cached by version
+# with Transit, Chromium for the browser tests, and staticcheck for `make test`. Builds are cached by version
 # under ~/.cache/agentrunner/tools, so a warm machine takes seconds.
 # Afterwards $AGENTRUNNER_RUN/services.env holds the addresses for `source`.
 set -euo pipefail
@@ -14,6 +14,7 @@ here=$(dirname "$0")
 optional() { if [ -x "$here/$1" ]; then "$here/$@"; fi; }
 optional vault.sh build
 optional helm.sh build
+"$here/staticcheck.sh" build
 "$here/temporal.sh" start
 optional vault.sh start
 optional chromium.sh
@@ -25,5 +26,6 @@ env_file="$AGENTRUNNER_RUN/services.env"
   echo "export AGENTRUNNER_TEMPORAL_BIN=$("$here/temporal.sh" bin)"
   if [ -x "$here/vault.sh" ] && [ -f "$AGENTRUNNER_RUN/vault.env" ]; then cat "$AGENTRUNNER_RUN/vault.env"; fi
   if [ -x "$here/helm.sh" ]; then echo "export AGENTRUNNER_HELM_BIN=$("$here/helm.sh" bin)"; fi
+  echo "export AGENTRUNNER_STATICCHECK_BIN=$("$here/staticcheck.sh" bin)"
 } >"$env_file"
 say "services ready ($env_file)"

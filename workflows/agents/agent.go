@@ -5,7 +5,7 @@
 // OpenAI-compatible chat-completions endpoint).
 //
 // Agents run inside a Temporal activity: they may do I/O, must honour ctx, and
-// mark errors that retrying cannot fix with Permanent. They never see a bot token.
+// mark errors that retrying cannot fix with permanent.Mark. They never see a bot token.
 package agents
 
 import (
@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/permanent"
 )
 
 // Action kinds an agent may answer with.
@@ -175,18 +176,18 @@ func (r Registry) Check(kind string, config json.RawMessage) error {
 func (r Registry) decode(kind string, config json.RawMessage) (Agent, error) {
 	f, ok := r[kind]
 	if !ok {
-		return nil, Permanent(fmt.Errorf("agents: unknown agent kind %q (have %s)", kind, strings.Join(r.Kinds(), ", ")))
+		return nil, permanent.Mark(fmt.Errorf("agents: unknown agent kind %q (have %s)", kind, strings.Join(r.Kinds(), ", ")))
 	}
 	a, err := f(config)
 	if err != nil {
-		return nil, Permanent(fmt.Errorf("agents: %s config: %w", kind, err))
+		return nil, permanent.Mark(fmt.Errorf("agents: %s config: %w", kind, err))
 	}
 	if v, ok := a.(Validator); ok {
 		if err := v.Validate(); err != nil {
 			if c, ok := a.(Cleaner); ok {
 				_ = c.Cleanup()
 			}
-			return nil, Permanent(fmt.Errorf("agents: %s config: %w", kind, err))
+			return nil, permanent.Mark(fmt.Errorf("agents: %s config: %w", kind, err))
 		}
 	}
 	return a, nil
@@ -194,7 +195,7 @@ func (r Registry) decode(kind string, config json.RawMessage) (Agent, error) {
 
 // Build creates, validates and provisions the agent of the given kind, in
 // that order: a config that fails Validate resolves no secret. Errors of
-// decoding and validation are Permanent; Provision decides for its own.
+// decoding and validation are permanent (permanent.Mark); Provision decides for its own.
 func (r Registry) Build(ctx context.Context, kind string, config json.RawMessage, env Env) (Agent, error) {
 	a, err := r.decode(kind, config)
 	if err != nil {
@@ -209,28 +210,6 @@ func (r Registry) Build(ctx context.Context, kind string, config json.RawMessage
 		}
 	}
 	return a, nil
-}
-
-// permanentError marks an error retrying cannot fix.
-type permanentError struct{ err error }
-
-func (e *permanentError) Error() string   { return e.err.Error() }
-func (e *permanentError) Unwrap() error   { return e.err }
-func (e *permanentError) Permanent() bool { return true }
-
-// Permanent marks err as one that retrying cannot fix (bad config, a malformed
-// reply). Nil stays nil.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &permanentError{err}
-}
-
-// IsPermanent reports whether err (or an error it wraps) was marked Permanent.
-func IsPermanent(err error) bool {
-	var p interface{ Permanent() bool }
-	return errors.As(err, &p) && p.Permanent()
 }
 
 // ValidateActions checks a reply against the protocol: known types, the

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/permanent"
 )
 
 type mapSecrets map[string]string
@@ -66,7 +67,7 @@ func TestEcho(t *testing.T) {
 			t.Errorf("update %s: want nothing, got %+v %v", u.UpdateID, acts, err)
 		}
 	}
-	if _, err := Builtin().Build(ctx, "echo", json.RawMessage(`{"x":1}`), Env{}); !IsPermanent(err) {
+	if _, err := Builtin().Build(ctx, "echo", json.RawMessage(`{"x":1}`), Env{}); !permanent.Is(err) {
 		t.Errorf("echo with config: %v", err)
 	}
 }
@@ -86,7 +87,7 @@ func TestRegistryErrorsArePermanent(t *testing.T) {
 		"missing api key": {"openai", `{"model":"m"}`},
 	} {
 		_, err := Builtin().Build(ctx, tc.kind, json.RawMessage(tc.cfg), Env{Bot: Bot{ID: "b"}, Secrets: mapSecrets{"b/local:v1:s": "s", "b/local:v1:k": "k"}})
-		if err == nil || !IsPermanent(err) {
+		if err == nil || !permanent.Is(err) {
 			t.Errorf("%s: want a permanent error, got %v", name, err)
 		}
 	}
@@ -147,7 +148,7 @@ func TestHTTPAgentMalformedRepliesArePermanent(t *testing.T) {
 	} {
 		a := httpAgent(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, body) }, "")
 		_, err := a.Handle(context.Background(), Request{Bot: Bot{ID: "b1"}, Update: msgUpdate("1", "hi")})
-		if !IsPermanent(err) || !strings.Contains(err.Error(), "malformed reply") {
+		if !permanent.Is(err) || !strings.Contains(err.Error(), "malformed reply") {
 			t.Errorf("%s: want a permanent malformed-reply error, got %v", name, err)
 		}
 		if err != nil && strings.Contains(err.Error(), "xxxxxxxxxx") {
@@ -157,11 +158,11 @@ func TestHTTPAgentMalformedRepliesArePermanent(t *testing.T) {
 }
 
 func TestHTTPAgentStatusClassification(t *testing.T) {
-	for status, permanent := range map[int]bool{500: false, 503: false, 429: false, 408: false, 400: true, 401: true, 404: true} {
+	for status, want := range map[int]bool{500: false, 503: false, 429: false, 408: false, 400: true, 401: true, 404: true} {
 		a := httpAgent(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(status) }, "")
 		_, err := a.Handle(context.Background(), Request{Bot: Bot{ID: "b1"}, Update: msgUpdate("1", "hi")})
-		if err == nil || IsPermanent(err) != permanent {
-			t.Errorf("HTTP %d: permanent=%v, err %v", status, IsPermanent(err), err)
+		if err == nil || permanent.Is(err) != want {
+			t.Errorf("HTTP %d: permanent=%v, err %v", status, permanent.Is(err), err)
 		}
 	}
 	// Timeout: retryable.
@@ -174,7 +175,7 @@ func TestHTTPAgentStatusClassification(t *testing.T) {
 		}
 	}, `,"timeout":"50ms"`)
 	_, err := a.Handle(context.Background(), Request{Bot: Bot{ID: "b1"}, Update: msgUpdate("1", "hi")})
-	if err == nil || IsPermanent(err) {
+	if err == nil || permanent.Is(err) {
 		t.Errorf("timeout: %v", err)
 	}
 }
@@ -264,8 +265,8 @@ func TestOpenAIAgentErrors(t *testing.T) {
 		t.Setenv("AGENTRUNNER_AGENT_SECRET_AGENTS_TEST_KEY", "sk-env")
 		a := build(t, "openai", cfg, Env{Bot: Bot{ID: "b1"}})
 		_, err := a.Handle(context.Background(), Request{Update: msgUpdate("1", "hi")})
-		if err == nil || IsPermanent(err) != tc.permanent {
-			t.Errorf("%s: permanent=%v err=%v", name, IsPermanent(err), err)
+		if err == nil || permanent.Is(err) != tc.permanent {
+			t.Errorf("%s: permanent=%v err=%v", name, permanent.Is(err), err)
 		}
 		srv.Close()
 	}

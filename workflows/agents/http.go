@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"buko.app/agentrunner/permanent"
 )
 
 // HTTP protocol constants (docs/agent-protocol.md).
@@ -83,7 +85,7 @@ func (a *HTTPAgent) Provision(ctx context.Context, env Env) error {
 		return err
 	}
 	if len(s) < 16 {
-		return Permanent(errors.New("secret must be at least 16 bytes"))
+		return permanent.Mark(errors.New("secret must be at least 16 bytes"))
 	}
 	a.secret = []byte(s)
 	return nil
@@ -143,13 +145,13 @@ func (a *HTTPAgent) Handle(ctx context.Context, req Request) ([]Action, error) {
 	}
 	body, err := json.Marshal(HTTPRequest{Version: ProtocolVersion, Request: req})
 	if err != nil {
-		return nil, Permanent(fmt.Errorf("http agent: encode request: %w", err))
+		return nil, permanent.Mark(fmt.Errorf("http agent: encode request: %w", err))
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, a.cfg.URL, bytes.NewReader(body))
 	if err != nil {
-		return nil, Permanent(fmt.Errorf("http agent: build request: %w", err))
+		return nil, permanent.Mark(fmt.Errorf("http agent: build request: %w", err))
 	}
 	ts := a.now().Unix()
 	hr.Header.Set("Content-Type", "application/json")
@@ -171,22 +173,22 @@ func (a *HTTPAgent) Handle(ctx context.Context, req Request) ([]Action, error) {
 		return nil, err
 	}
 	if len(data) > maxHTTPReplyBody {
-		return nil, Permanent(fmt.Errorf("http agent: malformed reply: body larger than %d bytes", maxHTTPReplyBody))
+		return nil, permanent.Mark(fmt.Errorf("http agent: malformed reply: body larger than %d bytes", maxHTTPReplyBody))
 	}
 	var rep HTTPReply
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rep); err != nil {
-		return nil, Permanent(fmt.Errorf("http agent: malformed reply: %s", describeJSONError(err)))
+		return nil, permanent.Mark(fmt.Errorf("http agent: malformed reply: %s", describeJSONError(err)))
 	}
 	if dec.More() {
-		return nil, Permanent(errors.New("http agent: malformed reply: trailing data after the JSON object"))
+		return nil, permanent.Mark(errors.New("http agent: malformed reply: trailing data after the JSON object"))
 	}
 	if rep.Actions == nil {
-		return nil, Permanent(errors.New(`http agent: malformed reply: "actions" is required (use [] for none)`))
+		return nil, permanent.Mark(errors.New(`http agent: malformed reply: "actions" is required (use [] for none)`))
 	}
 	if err := ValidateActions(rep.Actions); err != nil {
-		return nil, Permanent(fmt.Errorf("http agent: malformed reply: %w", err))
+		return nil, permanent.Mark(fmt.Errorf("http agent: malformed reply: %w", err))
 	}
 	return rep.Actions, nil
 }
@@ -200,7 +202,7 @@ func statusError(who string, status int) error {
 	case status == http.StatusTooManyRequests || status == http.StatusRequestTimeout || status >= 500:
 		return fmt.Errorf("%s: service answered HTTP %d", who, status)
 	}
-	return Permanent(fmt.Errorf("%s: service answered HTTP %d", who, status))
+	return permanent.Mark(fmt.Errorf("%s: service answered HTTP %d", who, status))
 }
 
 // describeJSONError names what was wrong without echoing the reply's content.
@@ -227,7 +229,7 @@ func describeJSONError(err error) string {
 func callError(what string, err error) error {
 	err = fmt.Errorf("%s: %w", what, redactURL(err))
 	if errors.Is(err, ErrRedirectRefused) || errors.Is(err, ErrAddressDenied) {
-		return Permanent(err)
+		return permanent.Mark(err)
 	}
 	return err
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/permanent"
 )
 
 // OpenAI defaults.
@@ -152,7 +153,7 @@ func (a *OpenAIAgent) Handle(ctx context.Context, req Request) ([]Action, error)
 	msgs = append(msgs, chatMessage{Role: "user", Content: text})
 	body, err := json.Marshal(chatRequest{Model: a.cfg.Model, Messages: msgs, MaxTokens: a.cfg.MaxTokens, Temperature: a.cfg.Temperature})
 	if err != nil {
-		return nil, Permanent(fmt.Errorf("openai agent: encode request: %w", err))
+		return nil, permanent.Mark(fmt.Errorf("openai agent: encode request: %w", err))
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
@@ -202,7 +203,7 @@ func (a *OpenAIAgent) complete(ctx context.Context, body []byte) (string, error)
 	endpoint := strings.TrimRight(a.cfg.BaseURL, "/") + "/chat/completions"
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
 	if err != nil {
-		return "", Permanent(fmt.Errorf("openai agent: build request: %w", err))
+		return "", permanent.Mark(fmt.Errorf("openai agent: build request: %w", err))
 	}
 	hr.Header.Set("Content-Type", "application/json")
 	hr.Header.Set("Authorization", "Bearer "+a.key)
@@ -219,14 +220,14 @@ func (a *OpenAIAgent) complete(ctx context.Context, body []byte) (string, error)
 		return "", err
 	}
 	if len(data) > maxCompletionBody {
-		return "", Permanent(errors.New("openai agent: answer too large"))
+		return "", permanent.Mark(errors.New("openai agent: answer too large"))
 	}
 	var cr chatResponse
 	if err := json.Unmarshal(data, &cr); err != nil {
-		return "", Permanent(fmt.Errorf("openai agent: malformed answer: %s", describeJSONError(err)))
+		return "", permanent.Mark(fmt.Errorf("openai agent: malformed answer: %s", describeJSONError(err)))
 	}
 	if len(cr.Choices) == 0 || strings.TrimSpace(cr.Choices[0].Message.Content) == "" {
-		return "", Permanent(errors.New("openai agent: answer has no choices or empty content"))
+		return "", permanent.Mark(errors.New("openai agent: answer has no choices or empty content"))
 	}
 	return cr.Choices[0].Message.Content, nil
 }

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"buko.app/agentrunner/permanent"
 )
 
 // EnvSecretPrefix is the only prefix an "env:NAME" reference may name: an agent
@@ -82,7 +84,7 @@ func sealedShape(ref string) bool {
 // requiredSecret resolves the config field name's secret reference ref.
 func requiredSecret(ctx context.Context, env Env, name, ref string) (string, error) {
 	if err := CheckSecretRef(name, ref); err != nil {
-		return "", Permanent(err)
+		return "", permanent.Mark(err)
 	}
 	v, err := resolveSecret(ctx, env, ref)
 	if err != nil {
@@ -97,16 +99,16 @@ func requiredSecret(ctx context.Context, env Env, name, ref string) (string, err
 func resolveSecret(ctx context.Context, env Env, ref string) (string, error) {
 	if name, ok := strings.CutPrefix(ref, "env:"); ok {
 		if !strings.HasPrefix(name, EnvSecretPrefix) { // CheckSecretRef ran; refuse again at use
-			return "", Permanent(fmt.Errorf("%w: env:%s", ErrSecretRef, name))
+			return "", permanent.Mark(fmt.Errorf("%w: env:%s", ErrSecretRef, name))
 		}
 		v := os.Getenv(name)
 		if v == "" {
-			return "", Permanent(fmt.Errorf("environment variable %s is empty", name))
+			return "", permanent.Mark(fmt.Errorf("environment variable %s is empty", name))
 		}
 		return v, nil
 	}
 	if env.Secrets == nil {
-		return "", Permanent(errors.New("no secret store configured for sealed secret references"))
+		return "", permanent.Mark(errors.New("no secret store configured for sealed secret references"))
 	}
 	return env.Secrets.Secret(ctx, env.Bot.ID, ref)
 }

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"buko.app/agentrunner/permanent"
 )
 
 // countingServer is a real agent service on 127.0.0.1:0 that counts requests
@@ -47,7 +49,7 @@ func TestEnvReferenceOutsideThePrefixIsRefused(t *testing.T) {
 			t.Errorf("Check %s: want ErrSecretRef naming api_key, got %v", ref, err)
 		}
 		_, err := Builtin().Build(context.Background(), "openai", cfg(ref), Env{Bot: Bot{ID: "b1"}})
-		if !errors.Is(err, ErrSecretRef) || !IsPermanent(err) {
+		if !errors.Is(err, ErrSecretRef) || !permanent.Is(err) {
 			t.Errorf("Build %s: want a permanent ErrSecretRef, got %v", ref, err)
 		}
 		if err != nil && strings.Contains(err.Error(), "hunter2") {
@@ -114,12 +116,12 @@ func TestRedirectToAnotherHostIsNotFollowed(t *testing.T) {
 		env := Env{Bot: Bot{ID: "b1"}, Secrets: secrets, HTTP: hc}
 		h := build(t, "http", fmt.Sprintf(`{"url":%q,"secret":"local:v1:k"}`, redirector.URL+"/hook"), env)
 		_, err := h.Handle(context.Background(), Request{Bot: Bot{ID: "b1"}, Update: msgUpdate("1", "hi")})
-		if !errors.Is(err, ErrRedirectRefused) || !IsPermanent(err) {
+		if !errors.Is(err, ErrRedirectRefused) || !permanent.Is(err) {
 			t.Errorf("http agent: want a permanent ErrRedirectRefused, got %v", err)
 		}
 		o := build(t, "openai", fmt.Sprintf(`{"base_url":%q,"model":"m","api_key":"local:v1:k"}`, redirector.URL+"/v1"), env)
 		_, err = o.Handle(context.Background(), Request{Update: msgUpdate("1", "hi")})
-		if !errors.Is(err, ErrRedirectRefused) || !IsPermanent(err) {
+		if !errors.Is(err, ErrRedirectRefused) || !permanent.Is(err) {
 			t.Errorf("openai agent: want a permanent ErrRedirectRefused, got %v", err)
 		}
 	}
@@ -152,7 +154,7 @@ func TestDenyPrivateRefusesLoopbackAtDialTime(t *testing.T) {
 	for _, u := range []string{srv.URL, "http://localhost" + port} {
 		a := build(t, "http", fmt.Sprintf(`{"url":%q,"secret":"local:v1:k"}`, u), Env{Bot: Bot{ID: "b1"}, Secrets: secrets, HTTP: deny})
 		_, err := a.Handle(context.Background(), Request{Bot: Bot{ID: "b1"}, Update: msgUpdate("1", "hi")})
-		if !errors.Is(err, ErrAddressDenied) || !IsPermanent(err) {
+		if !errors.Is(err, ErrAddressDenied) || !permanent.Is(err) {
 			t.Errorf("%s: want a permanent ErrAddressDenied, got %v", u, err)
 		}
 	}
@@ -192,7 +194,7 @@ func TestSlowServerTimesOut(t *testing.T) {
 	a := build(t, "http", fmt.Sprintf(`{"url":%q,"secret":"local:v1:k"}`, srv.URL), Env{Bot: Bot{ID: "b1"}, Secrets: secrets, HTTP: hc})
 	start := time.Now()
 	_, err := a.Handle(context.Background(), Request{Bot: Bot{ID: "b1"}, Update: msgUpdate("1", "hi")})
-	if err == nil || IsPermanent(err) || !strings.Contains(err.Error(), "timeout") {
+	if err == nil || permanent.Is(err) || !strings.Contains(err.Error(), "timeout") {
 		t.Fatalf("want a retryable timeout, got %v", err)
 	}
 	if d := time.Since(start); d >= DefaultHTTPTimeout {

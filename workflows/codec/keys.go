@@ -133,5 +133,9 @@ func LoadKeyFile(ctx context.Context, path string, u Unwrapper) (*Keyring, error
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return kf.Keyring(ctx, u)
+	kr, err := kf.Keyring(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("payload key file %s: %w", path, err)
+	}
+	return kr, nil
 }
