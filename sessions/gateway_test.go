@@ -73,13 +73,7 @@ func newFakeGateway(t *testing.T) *fakeGateway {
 
 func (g *fakeGateway) next(t *testing.T) *fakeConn {
 	t.Helper()
-	select {
-	case c := <-g.conns:
-		return c
-	case <-time.After(60 * time.Second):
-		t.Fatal("no Gateway connection")
-		return nil
-	}
+	return testsupport.Receive(t, "a Gateway connection", g.conns)
 }
 
 func (fc *fakeConn) send(t *testing.T, typ websocket.MessageType, data string) {
