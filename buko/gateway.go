@@ -10,7 +10,7 @@ import (
 	"strings"
 )
 
-// Gateway WebSocket close codes (ARCHITECTURE.md §3).
+// Gateway WebSocket close codes (docs/architecture.md §3).
 const (
 	CloseGoingAway    = 1001 // server shutting down
 	CloseInternal     = 1011 // server-side failure

@@ -7,7 +7,7 @@ import (
 )
 
 // UpdateID is a per-bot update id: a decimal string without leading zeros,
-// strictly increasing per bot, gaps allowed (ARCHITECTURE.md §3). It is never
+// strictly increasing per bot, gaps allowed (docs/architecture.md §3). It is never
 // parsed into a fixed-size integer: ids compare by length, then lexically, so
 // they may grow past int64 without harm. The zero value "" sorts below every id.
 type UpdateID string

@@ -41,7 +41,7 @@ const (
 )
 
 // contractEnv is every environment variable the chart may set: the binary's
-// configuration contract (ARCHITECTURE.md §10, docs/deploy.md). A name the chart
+// configuration contract (docs/architecture.md §10, docs/deploy.md). A name the chart
 // renders that is not here fails the test, so a typo cannot ship.
 var contractEnv = []string{
 	"DATABASE_URL",

@@ -1,6 +1,6 @@
 -- +goose Up
 -- The managed bots, their encrypted tokens, and the audit trail of every
--- operator action and every non-session read of a token (ARCHITECTURE.md §7).
+-- operator action and every non-session read of a token (docs/architecture.md §7).
 
 -- cluster_settings holds install-time constants in exactly one row.
 -- shard_count is N in bots.shard = fnv1a32(bot id) mod N; it is fixed at install

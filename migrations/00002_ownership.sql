@@ -1,4 +1,4 @@
--- Ownership of bots across the fleet of runner replicas (ARCHITECTURE.md §5;
+-- Ownership of bots across the fleet of runner replicas (docs/architecture.md §5;
 -- docs/ownership.md). Owned by the runner package.
 --
 -- runners       one row per live replica; heartbeat_at comes from Postgres now().

@@ -132,7 +132,7 @@ func (s *Shards) markStoppingLocked(ls []Lease, delta int) {
 }
 
 // watchdog stops the sessions of every shard whose renew deadline passes:
-// the self-fencing of ARCHITECTURE.md §5. It needs no database.
+// the self-fencing of docs/architecture.md §5. It needs no database.
 func (s *Shards) watchdog(ctx context.Context) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()

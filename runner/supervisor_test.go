@@ -67,30 +67,6 @@ func (ts *testSupervisor) stop() {
 
 func (ts *testSupervisor) running() int { return len(ts.sup.Sessions()) }
 
-// watchMaxOpen polls the simulator until stop is closed and records the
-// highest number of sockets any bot had at once.
-func watchMaxOpen(t *testing.T, env *runnertest.Env) (maxOpen func() int, stop func()) {
-	var mu sync.Mutex
-	high := 0
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		for {
-			st := env.Stats(t)
-			mu.Lock()
-			high = max(high, int(st.MaxConcurrentGatewayPerBot))
-			mu.Unlock()
-			select {
-			case <-done:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
-	return func() int { mu.Lock(); defer mu.Unlock(); return high }, func() { close(done); <-finished }
-}
-
 func TestSupervisorRunsEachBotOnceAndReconciles(t *testing.T) {
 	env := runnertest.NewEnv(t, runnertest.EnvOptions{})
 	bots := env.AddBots(t, 24, "sup")

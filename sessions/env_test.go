@@ -310,12 +310,6 @@ func (r *recorder) onAcked(id buko.UpdateID) {
 	r.events = append(r.events, event{acked: true, id: id})
 }
 
-func (r *recorder) handedOff(id buko.UpdateID) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.count[id] > 0
-}
-
 func (r *recorder) total() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

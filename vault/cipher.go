@@ -144,7 +144,7 @@ func batchErr(total int, failed []ItemError) error {
 }
 
 // Config selects and configures a Cipher. It maps onto flags and environment
-// variables in cmd/agentrunner (ARCHITECTURE.md §10).
+// variables in cmd/agentrunner (docs/architecture.md §10).
 type Config struct {
 	// Cipher is KindTransit, KindLocal, or "" for transit when
 	// Transit.Address is set and local otherwise.

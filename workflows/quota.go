@@ -56,6 +56,7 @@ type quotas struct {
 	bots    map[string]*botQuota
 	maxWait time.Duration
 	now     func() time.Time
+	onWait  func() // called when a call waits in the worker (a metric); nil: none
 }
 
 type botQuota struct {
@@ -124,6 +125,9 @@ func (q *quotas) wait(ctx context.Context, botID, tier string, class int) (time.
 			r.CancelAt(now)
 		}
 		return delay, nil
+	}
+	if q.onWait != nil {
+		q.onWait()
 	}
 	t := time.NewTimer(delay)
 	defer t.Stop()

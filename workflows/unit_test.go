@@ -216,3 +216,20 @@ func TestActivitiesForbiddenAndTierQuota(t *testing.T) {
 		t.Errorf("Buko answered 429 %d times: the client-side quota let too much through", st.RateLimited)
 	}
 }
+
+// A call that waits for its quota in the worker is counted (the
+// agentrunner_workflows_quota_waits_total metric hangs on onWait).
+func TestQuotaWaitIsCounted(t *testing.T) {
+	q := newQuotas(5 * time.Second)
+	waits := 0
+	q.onWait = func() { waits++ }
+	for waits == 0 {
+		d, err := q.wait(context.Background(), "b", TierOfficial, classMessage)
+		if err != nil || d > 0 {
+			t.Fatalf("a short wait was deferred (%v) or failed (%v)", d, err)
+		}
+	}
+	if waits != 1 {
+		t.Fatalf("waits %d, want 1", waits)
+	}
+}

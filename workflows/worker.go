@@ -92,6 +92,7 @@ func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
 		metrics: o.Metrics,
 		log:     o.Logger,
 	}
+	acts.quotas.onWait = o.Metrics.quotaWait // agentrunner_workflows_quota_waits_total
 	w := worker.New(c, o.TaskQueue, worker.Options{
 		MaxConcurrentActivityExecutionSize:     o.MaxConcurrentActivities,
 		MaxConcurrentWorkflowTaskExecutionSize: o.MaxConcurrentWorkflowTasks,

@@ -4,7 +4,7 @@ import (
 	"net/http"
 )
 
-// controlMux routes the control API (ARCHITECTURE.md §4, plus the reads the
+// controlMux routes the control API (docs/architecture.md §4, plus the reads the
 // web page needs). Answers are bare JSON; errors use the Bot API envelope
 // (s.control, reply.go). The handlers live by resource: control_bots.go,
 // control_users.go, control_chats.go, control_messages.go,

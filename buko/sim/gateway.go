@@ -12,7 +12,7 @@ import (
 	"buko.app/agentrunner/buko"
 )
 
-// Close codes the server sends (ARCHITECTURE.md §3).
+// Close codes the server sends (docs/architecture.md §3).
 const (
 	closeGoingAway    = websocket.StatusCode(buko.CloseGoingAway)
 	closePingTimeout  = websocket.StatusCode(buko.ClosePingTimeout)

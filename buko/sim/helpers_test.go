@@ -169,24 +169,6 @@ func (e *env) stats() sim.Stats {
 	return st
 }
 
-// transcript is the chat's messages after the message id after ("": all).
-func (e *env) transcript(chatID, after string) []sim.TranscriptMessage {
-	e.t.Helper()
-	tr, err := e.sc.Transcript(ctx(e.t), chatID, after)
-	e.must(err)
-	return tr
-}
-
-// chaos sets the simulator's fault injection.
-func (e *env) chaos(cfg sim.ChaosConfig) sim.ChaosConfig {
-	e.t.Helper()
-	out, err := e.sc.SetChaos(ctx(e.t), cfg)
-	e.must(err)
-	return out
-}
-
-func ptr[T any](v T) *T { return &v }
-
 // poll drains the bot's pending updates with getUpdates (timeout 0) and
 // confirms them.
 func (e *env) poll(tok token) []buko.Update {

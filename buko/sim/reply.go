@@ -53,7 +53,7 @@ func errInternal(desc string) *apiError {
 }
 
 // envelope is the Bot API answer: {"ok":true,"result":…} or the error fields,
-// with retry_after at the top level (ARCHITECTURE.md §3).
+// with retry_after at the top level (docs/architecture.md §3).
 type envelope struct {
 	OK          bool   `json:"ok"`
 	Result      any    `json:"result,omitempty"`

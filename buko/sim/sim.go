@@ -4,7 +4,7 @@
 // mounts the web chat page (package buko/sim/web) at every other path.
 //
 // It implements ../shared/spec/buko-bot-api.md together with the decisions of
-// ARCHITECTURE.md §3 and §4; every further decision it makes where both are
+// docs/architecture.md §3 and §4; every further decision it makes where both are
 // silent is written down in docs/simulator.md. State lives in memory only. It
 // is sized for 20,000 bots with open Gateway sockets in one process: an idle
 // socket costs one goroutine and about 15 KB (docs/BENCHMARKS.md).
@@ -182,13 +182,6 @@ func (s *Server) adminOK(r *http.Request) bool {
 		return false
 	}
 	return subtle.ConstantTimeCompare([]byte(h[len(prefix):]), []byte(s.opts.AdminToken)) == 1
-}
-
-// isClosed reports whether Close has begun.
-func (s *Server) isClosed() bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.closed
 }
 
 // Close closes every Gateway socket with 1001 (going away), ends long polls,

@@ -24,7 +24,7 @@ func newBotDelivery(b *bot, seed uint64) {
 }
 
 // nextIDLocked returns a new update id: strictly increasing, usually by one,
-// with a gap of 1–4 now and then (gaps are allowed by ARCHITECTURE.md §3).
+// with a gap of 1–4 now and then (gaps are allowed by docs/architecture.md §3).
 func (b *bot) nextIDLocked() uint64 {
 	r := b.idRand.Uint64()
 	step := uint64(1)

@@ -620,7 +620,8 @@ func runBenchGateway(ctx context.Context, sc *sim.Control, bc *benchCommon, stde
 			readers.Add(1)
 			go func() {
 				defer readers.Done()
-				if err := readAndAck(sockCtx, conn, &delivered); err != nil && sockCtx.Err() == nil {
+				// readAndAck returns only when the socket ends; an end we did not cause is an error.
+				if err := readAndAck(sockCtx, conn, &delivered); sockCtx.Err() == nil {
 					select {
 					case readErr <- fmt.Errorf("gateway socket of bot %s: %w", botIDs[i], err):
 					default:

@@ -21,7 +21,7 @@ import (
 	"buko.app/agentrunner/vault"
 )
 
-// defaultDatabaseURL is DATABASE_URL's default (ARCHITECTURE.md §10).
+// defaultDatabaseURL is DATABASE_URL's default (docs/architecture.md §10).
 const defaultDatabaseURL = "postgres://localhost:5432/agentrunner?sslmode=disable"
 
 // dbFlags is --database-url.

@@ -100,7 +100,7 @@ func TestRedactURL(t *testing.T) {
 }
 
 // TestEnvironmentConfiguresCipher: the cipher settings come from the
-// environment when no flag is given (ARCHITECTURE.md §10).
+// environment when no flag is given (docs/architecture.md §10).
 func TestEnvironmentConfiguresCipher(t *testing.T) {
 	f := newCLIFix(t)
 	t.Setenv("DATABASE_URL", f.dsn)

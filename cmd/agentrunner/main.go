@@ -1,7 +1,7 @@
 // Command agentrunner is the one binary of agentrunner: the runner itself
 // (serve, worker), the whole system on one machine (dev), the Buko simulator
 // (sim), and the operator's tools (bots, vault, migrate, codec). Every setting is a flag and an environment variable; the
-// flag wins (ARCHITECTURE.md §10).
+// flag wins (docs/architecture.md §10).
 package main
 
 import (
