@@ -439,7 +439,10 @@ func (e *env) firstBot() string {
 // socket goroutine of the simulator, and of its clients, has ended.
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	base := runtime.NumGoroutine()
-	s := sim.New(sim.Options{PingInterval: 20 * time.Millisecond})
+	// Pings every 20 ms keep the ping timers busy while Close runs; the
+	// clients do not read until the end, so unanswered pings must not close
+	// them with 4000 first (they did on a loaded machine).
+	s := sim.New(sim.Options{PingInterval: 20 * time.Millisecond, PongTimeout: time.Hour})
 	srv := httptest.NewServer(s)
 	e := &env{t: t, sim: s, srv: srv, botOf: map[token]string{}}
 	e.api = buko.NewClient(srv.URL, srv.Client())
