@@ -8,13 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"
 	"buko.app/agentrunner/sessions"
-	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows/codec"
 )
 
@@ -31,37 +29,17 @@ func testKeys(t *testing.T) *codec.Keyring {
 	return kr
 }
 
-// startDLSupervisor runs a supervisor whose sessions keep dead letters in store.
-func startDLSupervisor(t *testing.T, env *runnertest.Env, id string, store *DeadLetterStore, reg *prometheus.Registry) *testSupervisor {
-	t.Helper()
-	pool := newPool(t, env.DSN)
-	m := NewMetrics(reg)
-	sup, err := NewSupervisor(SupervisorConfig{
-		Pool: pool, RunnerID: id, TTL: testTTL,
-		Client:      buko.NewClient(env.SimURL, nil),
-		Tokens:      vault.NewCache(vault.NewStore(pool, env.Store.Cipher(), testLogger(t), nil), vault.CacheOptions{Actor: "runner:" + id}),
-		Handoff:     NewPGHandoff(pool, id, m),
-		DeadLetters: store,
-		Tune: func(c *sessions.Config) {
+// withDeadLetters makes a test supervisor's sessions keep dead letters in
+// store, with short backoffs and polls.
+func withDeadLetters(store *DeadLetterStore) func(*SupervisorConfig) {
+	return func(c *SupervisorConfig) {
+		c.DeadLetters = store
+		c.Tune = func(c *sessions.Config) {
 			c.BackoffBase = 20 * time.Millisecond
 			c.BackoffMax = 200 * time.Millisecond
 			c.PollTimeout = time.Second
-		},
-		ReconcileInterval: 5 * time.Second,
-		CursorFlush:       200 * time.Millisecond,
-		SessionMetrics:    sessions.NewMetrics(reg),
-		Metrics:           m,
-		Logger:            testLogger(t).With().Str("replica", id).Logger(),
-	})
-	if err != nil {
-		t.Fatal(err)
+		}
 	}
-	ts := &testSupervisor{sup: sup, done: make(chan error, 1), m: m}
-	ctx, cancel := context.WithCancel(context.Background())
-	ts.cancel = cancel
-	go func() { ts.done <- sup.Run(ctx) }()
-	t.Cleanup(ts.stop)
-	return ts
 }
 
 func rawUpdate(t *testing.T, env *runnertest.Env, botID, raw string) buko.UpdateID {
@@ -82,21 +60,6 @@ func simAcked(t *testing.T, env *runnertest.Env, botID string) buko.UpdateID {
 	}
 	t.Fatalf("no sim bot %s", botID)
 	return ""
-}
-
-func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
 }
 
 // The whole path on real Postgres, for both deliveries: an update that does
@@ -121,14 +84,13 @@ func TestDeadLettersEndToEnd(t *testing.T) {
 			}
 			keys := testKeys(t)
 			store := NewDeadLetterStore(env.Pool, keys)
-			reg := prometheus.NewRegistry()
-			startDLSupervisor(t, env, "dl-a", store, reg)
+			reg := startSupervisor(t, env, "dl-a", withDeadLetters(store)).reg
 			env.Send(t, b, "before")
 			testsupport.Within(t, "before handed off", 60*time.Second, func() bool { return env.HandedOffTexts(t)[b.ID]["before"] == 1 })
 			testsupport.Within(t, "before acked", 60*time.Second, func() bool { return simAcked(t, env, b.ID) != "" })
 			bad := rawUpdate(t, env, b.ID, `{"update_id":"$ID","message":{"message_id":"5","chat":{"id":"`+b.ChatID+`"},"text":["private","words"]}}`)
 			testsupport.Within(t, "dead letter store refused a few times", 60*time.Second, func() bool {
-				return counterValue(t, reg, "agentrunner_sessions_dead_letter_errors_total") >= 3
+				return testsupport.MetricValue(t, reg, "agentrunner_sessions_dead_letter_errors_total") >= 3
 			})
 			if acked := simAcked(t, env, b.ID); !acked.Less(bad) {
 				t.Fatalf("acked %s past %s while Postgres refused its dead letter", acked, bad)
@@ -148,10 +110,10 @@ func TestDeadLettersEndToEnd(t *testing.T) {
 				dls[0].ChatID == nil || *dls[0].ChatID != b.ChatID || dls[0].ReplayedAt != nil {
 				t.Fatalf("dead letters %+v", dls)
 			}
-			if got := gaugeValue(t, reg, "agentrunner_runner_dead_letters_pending"); got != 1 {
+			if got := testsupport.MetricValue(t, reg, "agentrunner_runner_dead_letters_pending"); got != 1 {
 				t.Errorf("pending gauge %v", got)
 			}
-			if got := counterValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", sessions.ReasonUndecodable); got != 1 {
+			if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", sessions.ReasonUndecodable); got != 1 {
 				t.Errorf("dead letters counted %v", got)
 			}
 			noSecretsInDeadLetters(t, env, botTokens(t, env, bots)[0], "private")
@@ -299,32 +261,4 @@ func TestDeadLettersAdmin(t *testing.T) {
 	if !strings.Contains(page, `id="dead-letter-counts"`) || !strings.Contains(page, `data-bot-id="`+bots[0].ID+`"`) {
 		t.Fatalf("page without the dead-letter count:\n%.2000s", page)
 	}
-}
-
-// counterValue sums a counter's children (optionally those with one label value).
-func counterValue(t *testing.T, reg *prometheus.Registry, name string, label ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(label) == 2 {
-				ok := false
-				for _, l := range m.GetLabel() {
-					ok = ok || (l.GetName() == label[0] && l.GetValue() == label[1])
-				}
-				if !ok {
-					continue
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
 }

@@ -22,14 +22,17 @@ type testSupervisor struct {
 	cancel context.CancelFunc
 	done   chan error
 	m      *Metrics
+	reg    *prometheus.Registry // m's and the sessions' metrics
 }
 
-func startSupervisor(t *testing.T, env *runnertest.Env, id string) *testSupervisor {
+// startSupervisor runs a supervisor on env with test timings; each opt
+// changes its config before it starts.
+func startSupervisor(t *testing.T, env *runnertest.Env, id string, opts ...func(*SupervisorConfig)) *testSupervisor {
 	t.Helper()
 	pool := newPool(t, env.DSN)
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	sup, err := NewSupervisor(SupervisorConfig{
+	cfg := SupervisorConfig{
 		Pool: pool, RunnerID: id, TTL: testTTL,
 		Client:  buko.NewClient(env.SimURL, nil),
 		Tokens:  vault.NewCache(vault.NewStore(pool, env.Store.Cipher(), testLogger(t), nil), vault.CacheOptions{Actor: "runner:" + id}),
@@ -44,11 +47,15 @@ func startSupervisor(t *testing.T, env *runnertest.Env, id string) *testSupervis
 		SessionMetrics:    sessions.NewMetrics(reg),
 		Metrics:           m,
 		Logger:            testLogger(t).With().Str("replica", id).Logger(),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	sup, err := NewSupervisor(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testSupervisor{sup: sup, done: make(chan error, 1), m: m}
+	ts := &testSupervisor{sup: sup, done: make(chan error, 1), m: m, reg: reg}
 	ctx, cancel := context.WithCancel(context.Background())
 	ts.cancel = cancel
 	go func() { ts.done <- sup.Run(ctx) }()

@@ -174,7 +174,7 @@ func TestUndecodableUpdateDeadLettered(t *testing.T) {
 			if got := strings.Join(f.rec.texts(f.chats[0]), ",") + "|" + strings.Join(f.rec.texts(f.chats[1]), ","); got != "/start,before|/start,after" {
 				t.Fatalf("texts %s", got)
 			}
-			if n := counterValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", ReasonUndecodable); n != 1 {
+			if n := testsupport.MetricValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", ReasonUndecodable); n != 1 {
 				t.Errorf("dead letters counted %v", n)
 			}
 			for _, secret := range []string{f.token, "user text"} {
@@ -213,7 +213,7 @@ func TestDeadLetterStoreFailureNotAcked(t *testing.T) {
 			if acked := f.simAcked(); !acked.Less(bad) {
 				t.Fatalf("acked %s past the unstored dead letter %s", acked, bad)
 			}
-			if n := counterValue(t, reg, "agentrunner_sessions_dead_letter_errors_total"); n < 2 {
+			if n := testsupport.MetricValue(t, reg, "agentrunner_sessions_dead_letter_errors_total"); n < 2 {
 				t.Errorf("store failures counted %v", n)
 			}
 			sink.set(nil, nil)
@@ -269,7 +269,7 @@ func TestUnreadableFrameWithoutID(t *testing.T) {
 	if d.UpdateID != "" || d.Reason != ReasonUnreadableFrame || !bytes.HasPrefix(d.Payload, []byte(`{"type":"update","update":{"message"`)) {
 		t.Fatalf("dead letter %+v (%s)", d, d.Payload)
 	}
-	if n := counterValue(t, reg, "agentrunner_sessions_frames_received_total", "type", "invalid"); n != 1 {
+	if n := testsupport.MetricValue(t, reg, "agentrunner_sessions_frames_received_total", "type", "invalid"); n != 1 {
 		t.Errorf("invalid frames %v", n)
 	}
 	if strings.Contains(logs.String(), "private words") || strings.Contains(logs.String(), f.token) {

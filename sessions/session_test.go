@@ -136,19 +136,19 @@ func TestOrderPerChatParallelAcrossChats(t *testing.T) {
 		t.Errorf("state after Stop: %v", s.State())
 	}
 	created := float64(e.stats().UpdatesCreated)
-	if got := counterValue(t, reg, "agentrunner_sessions_updates_received_total"); got < created {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_updates_received_total"); got < created {
 		t.Errorf("updates_received_total %v < %v created", got, created)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_handoff_duration_seconds"); got != created {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_handoff_duration_seconds"); got != created {
 		t.Errorf("handoff histogram count %v, want %v", got, created)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_acks_sent_total"); got < 1 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_acks_sent_total"); got < 1 {
 		t.Errorf("acks_sent_total %v", got)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_pending_updates"); got != 0 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_pending_updates"); got != 0 {
 		t.Errorf("pending_updates %v after Stop, want 0", got)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_sessions"); got != 0 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_sessions"); got != 0 {
 		t.Errorf("sessions gauge %v after Stop, want 0", got)
 	}
 }
@@ -198,7 +198,7 @@ func TestBackPressureNeverDrops(t *testing.T) {
 	s := startSession(t, cfg)
 	f.postAll(20) // 66 updates; the server sends up to 100 unacked at once
 	testsupport.Eventually(t, "reading paused", func() bool {
-		return counterValue(t, reg, "agentrunner_sessions_backpressure_pauses_total") > 0
+		return testsupport.MetricValue(t, reg, "agentrunner_sessions_backpressure_pauses_total") > 0
 	})
 	for _, c := range f.chats {
 		f.rec.release(c)
@@ -236,10 +236,10 @@ func TestRedeliveryAfterDroppedSocketsAndDuplicates(t *testing.T) {
 	if st.Chaos.DroppedConnection == 0 || st.Chaos.Duplicated == 0 {
 		t.Errorf("chaos did nothing: %+v", st.Chaos)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_reconnects_total"); got == 0 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_reconnects_total"); got == 0 {
 		t.Error("no reconnect counted")
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_duplicates_dropped_total"); got == 0 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_duplicates_dropped_total"); got == 0 {
 		t.Error("no duplicate dropped")
 	}
 	if st.MaxConcurrentGatewayPerBot != 1 {
@@ -571,10 +571,10 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 	if got := f.rec.texts(f.chats[0]); strings.Join(got, ",") != "/start,flaky,fine" {
 		t.Errorf("texts %v", got)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_handoff_errors_total", "kind", "permanent"); got != 2 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_handoff_errors_total", "kind", "permanent"); got != 2 {
 		t.Errorf("permanent errors %v, want 2", got)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_handoff_errors_total", "kind", "retryable"); got != 2 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_handoff_errors_total", "kind", "retryable"); got != 2 {
 		t.Errorf("retryable errors %v, want 2", got)
 	}
 	stop(t, s)
@@ -582,7 +582,7 @@ func TestHandoffRetriesAndPermanentErrors(t *testing.T) {
 	if got := sink.all(); len(got) != 2 || got[0].Reason != ReasonHandoffRefused || got[1].Reason != ReasonHandoffRefused {
 		t.Errorf("dead letters %+v", got)
 	}
-	if got := counterValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", ReasonHandoffRefused); got != 2 {
+	if got := testsupport.MetricValue(t, reg, "agentrunner_sessions_dead_letters_total", "reason", ReasonHandoffRefused); got != 2 {
 		t.Errorf("dead letters counted %v, want 2", got)
 	}
 }
