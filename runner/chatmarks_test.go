@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/migrations/pgtest"
 )
@@ -14,11 +12,7 @@ import (
 func TestChatMarks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pool, err := pgxpool.New(ctx, pgtest.New(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := newPool(t, pgtest.New(t))
 	if _, err := pool.Exec(ctx, `INSERT INTO bots (id, handle, shard) VALUES ('bot_m', 'm_bot', 1), ('bot_n', 'n_bot', 2)`); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/runner/runnertest"

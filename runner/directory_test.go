@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"buko.app/agentrunner/migrations/pgtest"
 	"buko.app/agentrunner/workflows"
 )
@@ -16,11 +14,7 @@ import (
 func TestDirectory(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pool, err := pgxpool.New(ctx, pgtest.New(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := newPool(t, pgtest.New(t))
 	if _, err := pool.Exec(ctx, `INSERT INTO bots (id, handle, display_name, agent, agent_config, quota_tier, shard)
 		VALUES ('bot_dir', 'dir_bot', 'Dir', 'http', '{"url":"http://127.0.0.1:9/a"}', 'pro', 1),
 		       ('bot_off', 'off_bot', 'Off', 'echo', '{}', '', 2)`); err != nil {
