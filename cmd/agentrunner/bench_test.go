@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,8 +18,10 @@ import (
 
 	"github.com/coder/websocket"
 
+	"buko.app/agentrunner/bench"
 	"buko.app/agentrunner/buko"
 	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/internal/testsupport"
 )
 
 // benchSim is an in-process simulator for the bench commands.
@@ -122,7 +125,7 @@ func TestBenchEcho(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bench echo: %v\nstderr: %s", err, errOut)
 	}
-	var res echoResult
+	var res bench.EchoResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("-o json does not parse: %v\n%s", err, out)
 	}
@@ -161,7 +164,7 @@ func TestBenchEchoCountsDuplicates(t *testing.T) {
 	if err == nil || isUsage(err) || !strings.Contains(err.Error(), "1 replies were duplicates") {
 		t.Fatalf("want a run error naming the duplicate, got %v\nstderr: %s", err, errOut)
 	}
-	var res echoResult
+	var res bench.EchoResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("the report must still print: %v\n%s", err, out)
 	}
@@ -183,7 +186,7 @@ func TestBenchEchoNoBotRunning(t *testing.T) {
 	if !strings.Contains(errOut, "no Gateway socket open") {
 		t.Errorf("want a warning that the bot has no socket, stderr: %s", errOut)
 	}
-	var res echoResult
+	var res bench.EchoResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Lost != 2 || res.Replied != 0 {
 		t.Fatalf("report: %v %+v", err, res)
 	}
@@ -195,7 +198,7 @@ func TestBenchGateway(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bench gateway: %v\nstderr: %s", err, errOut)
 	}
-	var res gatewayResult
+	var res bench.GatewayResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("-o json does not parse: %v\n%s", err, out)
 	}
@@ -203,20 +206,13 @@ func TestBenchGateway(t *testing.T) {
 		t.Fatalf("want 200 updates delivered and acked over 5 sockets: %+v", res)
 	}
 	// The sockets are closed when the command returns.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testsupport.Until(t, "the run's sockets to close", 30*time.Second, func() (bool, string) {
 		st, err := sim.NewControl(srv.URL, sim.ControlOptions{}).Stats(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.GatewayOpen == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d sockets still open after the run", st.GatewayOpen)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return st.GatewayOpen == 0, fmt.Sprintf("%d sockets still open", st.GatewayOpen)
+	})
 
 	out, errOut, err = runBench(t, "bench", "gateway", "--sim-url", srv.URL, "--bots", "2", "--updates", "10")
 	if err != nil {

@@ -20,8 +20,12 @@ const module = "buko.app/agentrunner"
 // decided. The direction is docs/architecture.md §2:
 // cmd → runner → sessions, workflows, vault → buko, with permanent (the
 // one error marker) and httpapi (the one HTTP handler style) below them all.
+// bench (load measured from outside, through the simulator) and devstack
+// (the local dev stack) hold cmd's logic: just below cmd, above the rest.
 var allowed = map[string][]string{
-	"cmd":        {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
+	"cmd":        {"bench", "devstack", "runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
+	"bench":      {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
+	"devstack":   {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"runner":     {"sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"sessions":   {"buko", "permanent"},
 	"workflows":  {"vault", "buko", "permanent"},
