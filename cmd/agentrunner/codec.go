@@ -7,14 +7,12 @@ package main
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -115,7 +113,7 @@ replica must read the same file: distribute it before restarting them.`,
 			}
 			kf.Keys[id] = stored
 			kf.Current = id
-			if err := writeKeyFile(path, kf); err != nil {
+			if err := codec.WriteKeyFile(path, kf); err != nil {
 				return err
 			}
 			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s\n", id)
@@ -127,34 +125,6 @@ replica must read the same file: distribute it before restarting them.`,
 	cmd.Flags().StringVar(&id, "id", "", "id of the new key (default k<UTC timestamp>)")
 	cmd.Flags().BoolVar(&raw, "raw", false, "store the key unwrapped (tests and throwaway dev setups only)")
 	return cmd
-}
-
-// writeKeyFile writes the key file atomically with mode 0600.
-func writeKeyFile(path string, kf codec.KeyFile) error {
-	data, err := jsonIndent(kf)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".payload-keys-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 func newCodecDecodeCmd(g *globals) *cobra.Command {
@@ -265,12 +235,4 @@ http agent, "api_key" of the openai agent). Only that bot's worker opens it.`,
 	f.bind(cmd)
 	cmd.Flags().StringVar(&botID, "bot-id", "", "the bot the secret belongs to")
 	return cmd
-}
-
-func jsonIndent(v any) ([]byte, error) {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	return append(b, '\n'), nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"buko.app/agentrunner/buko/sim"
 	"buko.app/agentrunner/buko/sim/web/browser"
+	"buko.app/agentrunner/devstack"
 	"buko.app/agentrunner/internal/testsupport"
 	"buko.app/agentrunner/migrations/pgtest"
 )
@@ -140,7 +141,7 @@ func TestDevEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	for handle, want := range map[string]string{devEchoHandle: "hello dev", devHTTPHandle: "The example agent got 2 word(s)"} {
+	for handle, want := range map[string]string{devstack.EchoHandle: "hello dev", devstack.HTTPHandle: "The example agent got 2 word(s)"} {
 		ids := chats[handle]
 		chat, err := sc.OpenPrivateChat(context.Background(), user.UserID, ids[0])
 		if err != nil {
@@ -183,7 +184,7 @@ func TestDevEndToEnd(t *testing.T) {
 	// What a person sees: the simulator page and the status page in a real
 	// browser (skipped without Chromium, failed then under CI).
 	t.Run("browser", func(t *testing.T) {
-		devBrowser(t, simURL, "http://"+adminAddr, strings.TrimSpace(string(tok)), chats[devEchoHandle][1])
+		devBrowser(t, simURL, "http://"+adminAddr, strings.TrimSpace(string(tok)), chats[devstack.EchoHandle][1])
 	})
 	select {
 	case err := <-exited:
@@ -192,7 +193,7 @@ func TestDevEndToEnd(t *testing.T) {
 	default:
 	}
 	pause := func(token string) int {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/api/v1/bots/"+chats[devEchoHandle][0]+"/pause", nil)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/api/v1/bots/"+chats[devstack.EchoHandle][0]+"/pause", nil)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
@@ -248,10 +249,10 @@ func devBrowser(t *testing.T, simURL, adminURL, token, echoChat string) {
 	userID := b.WaitString("the Demo User in the user list", `(name) => {
 		const o = [...document.querySelectorAll('#user-select option')].find(o => o.textContent.startsWith(name));
 		return o ? o.value : false;
-	}`, devUserName)
+	}`, devstack.UserName)
 	b.Do("pick the Demo User", chromedp.SetValue(chromedp.ID("user-select"), userID))
 	b.WaitFn("the Demo User to be picked",
-		`(name) => document.getElementById('current-user').textContent.includes(name)`, devUserName)
+		`(name) => document.getElementById('current-user').textContent.includes(name)`, devstack.UserName)
 
 	chat := browser.TestID("chat-" + echoChat)
 	b.WaitFn("the chat with @echo_bot in the chat list", `(sel) => !!document.querySelector(sel)`, chat)
@@ -276,6 +277,6 @@ func devBrowser(t *testing.T, simURL, adminURL, token, echoChat string) {
 	b.Screenshot("dev-chat.png")
 
 	b.SignIn(adminURL, token)
-	b.WaitBotStates(adminURL, map[string]string{devEchoHandle: "live", devHTTPHandle: "live"})
+	b.WaitBotStates(adminURL, map[string]string{devstack.EchoHandle: "live", devstack.HTTPHandle: "live"})
 	b.Screenshot("dev-status.png")
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -138,4 +139,35 @@ func LoadKeyFile(ctx context.Context, path string, u Unwrapper) (*Keyring, error
 		return nil, fmt.Errorf("payload key file %s: %w", path, err)
 	}
 	return kr, nil
+}
+
+// WriteKeyFile writes kf to path as indented JSON, atomically (a temporary
+// file in the same folder, renamed) with mode 0600, creating the folder
+// (0700) if it is missing.
+func WriteKeyFile(path string, kf KeyFile) error {
+	data, err := json.MarshalIndent(kf, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".payload-keys-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
