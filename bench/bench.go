@@ -17,8 +17,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
-
 	"buko.app/agentrunner/buko/sim"
 )
 
@@ -30,9 +28,17 @@ type Env struct {
 	// reply this long after it was sent is lost; for Gateway, the most to
 	// wait for deliveries and acks.
 	Timeout time.Duration
-	// Progress, when not nil, gets a progress bar; Warnings gets warnings
-	// about the system measured (nil: none written).
-	Progress, Warnings io.Writer
+	// Bar, when not nil, makes the progress bar of a run's total steps.
+	Bar func(total int, what, unit string) Progress
+	// Warnings gets warnings about the system measured (nil: none written).
+	Warnings io.Writer
+}
+
+// Progress is a progress bar: steps done (from several goroutines at
+// once), and its end.
+type Progress interface {
+	Add(n int) error
+	Exit() error
 }
 
 func (e Env) warn(format string, args ...any) {
@@ -41,27 +47,18 @@ func (e Env) warn(format string, args ...any) {
 	}
 }
 
-// bar is a progress bar of total steps, or nil without e.Progress.
-func (e Env) bar(total int, what, unit string) *progressbar.ProgressBar {
-	if e.Progress == nil {
-		return nil
-	}
-	return progressbar.NewOptions(total,
-		progressbar.OptionSetWriter(e.Progress),
-		progressbar.OptionSetDescription(what),
-		progressbar.OptionShowCount(),
-		progressbar.OptionShowIts(),
-		progressbar.OptionSetItsString(unit),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionSetWidth(30),
-	)
-}
+// noProgress is the bar of an Env without one.
+type noProgress struct{}
 
-func (e Env) finishBar(bar *progressbar.ProgressBar) {
-	if bar != nil {
-		_ = bar.Exit()
-		fmt.Fprintln(e.Progress)
+func (noProgress) Add(int) error { return nil }
+func (noProgress) Exit() error   { return nil }
+
+// bar is the run's progress bar (one that draws nothing without e.Bar).
+func (e Env) bar(total int, what, unit string) Progress {
+	if e.Bar == nil {
+		return noProgress{}
 	}
+	return e.Bar(total, what, unit)
 }
 
 // runID names the users, chats and bots a run leaves in the simulator.

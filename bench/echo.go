@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"golang.org/x/sync/errgroup"
 
 	"buko.app/agentrunner/buko/sim"
@@ -176,12 +175,12 @@ func (s Echo) drive(ctx context.Context, env Env, chats []*echoChat) (time.Durat
 	}
 	err := g.Wait()
 	elapsed := time.Since(start)
-	env.finishBar(bar)
+	_ = bar.Exit()
 	return elapsed, err
 }
 
 // run sends the chat's messages one at a time, each awaiting its reply.
-func (c *echoChat) run(ctx context.Context, sc *sim.Control, timeout, poll time.Duration, bar *progressbar.ProgressBar) error {
+func (c *echoChat) run(ctx context.Context, sc *sim.Control, timeout, poll time.Duration, bar Progress) error {
 	cursor := c.startID
 	replied := map[string]bool{}
 	tick := time.NewTicker(poll)
@@ -220,9 +219,7 @@ func (c *echoChat) run(ctx context.Context, sc *sim.Control, timeout, poll time.
 			case <-tick.C:
 			}
 		}
-		if bar != nil {
-			_ = bar.Add(1)
-		}
+		_ = bar.Add(1)
 	}
 	return nil
 }

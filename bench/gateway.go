@@ -203,15 +203,13 @@ func (r *gatewayRun) load(ctx context.Context) error {
 				if _, err := r.env.Sim.Say(gctx, b.chatID, r.userID, fmt.Sprintf("bench %d", i+1)); err != nil {
 					return err
 				}
-				if bar != nil {
-					_ = bar.Add(1)
-				}
+				_ = bar.Add(1)
 			}
 		})
 	}
 	err := g.Wait()
 	posted := time.Since(start)
-	r.env.finishBar(bar)
+	_ = bar.Exit()
 	if err != nil {
 		return err
 	}

@@ -9,10 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"time"
 
-	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
 	"buko.app/agentrunner/bench"
@@ -24,7 +22,7 @@ type benchCommon struct {
 	simURL         string
 	adminTokenFile string
 	output         string
-	progress       string
+	progress       progressFlag
 	timeout        time.Duration
 }
 
@@ -52,7 +50,7 @@ simulator (it has no delete): run against a dev or staging simulator.`,
 	pf.StringVar(&bc.simURL, "sim-url", "http://127.0.0.1:8081", "base URL of the Buko simulator (agentrunner dev prints it)")
 	pf.StringVar(&bc.adminTokenFile, "admin-token-file", "", "file holding the bearer token of a guarded control API (agentrunner sim --admin-token-file)")
 	pf.StringVarP(&bc.output, "output", "o", "text", "output: text or json")
-	pf.StringVar(&bc.progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
+	bc.progress.bind(pf)
 	pf.DurationVar(&bc.timeout, "timeout", 2*time.Minute, "echo: a message without a reply this long after it was sent is lost; gateway: the most to wait for deliveries and acks")
 	envFlag(pf, "sim-url", "AGENTRUNNER_BENCH_SIM_URL")
 	envFlag(pf, "admin-token-file", "AGENTRUNNER_BENCH_ADMIN_TOKEN_FILE")
@@ -71,16 +69,12 @@ func (bc *benchCommon) env(cmd *cobra.Command, conns int) (bench.Env, error) {
 		return bench.Env{}, usageError{fmt.Errorf("--timeout %s: want a positive duration", bc.timeout)}
 	}
 	env := bench.Env{Timeout: bc.timeout, Warnings: cmd.ErrOrStderr()}
-	switch bc.progress {
-	case "auto":
-		if f, ok := cmd.ErrOrStderr().(*os.File); ok && isatty.IsTerminal(f.Fd()) {
-			env.Progress = cmd.ErrOrStderr()
-		}
-	case "always":
-		env.Progress = cmd.ErrOrStderr()
-	case "never":
-	default:
-		return bench.Env{}, usageError{fmt.Errorf("--progress %q: want auto, always or never", bc.progress)}
+	show, err := bc.progress.show(cmd)
+	if err != nil {
+		return bench.Env{}, err
+	}
+	if show {
+		env.Bar = func(total int, what, unit string) bench.Progress { return newBar(cmd.ErrOrStderr(), total, what, unit) }
 	}
 	u, err := url.Parse(bc.simURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {

@@ -2,14 +2,12 @@ package main
 
 // agentrunner bots …: the operator's commands for managed bots; this file
 // holds the command group and what its subcommands share (argument checks,
-// registry errors, JSON output). The subcommands are in bots_token.go,
+// registry errors). The subcommands are in bots_token.go,
 // bots_list.go and bots_agent.go.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/spf13/cobra"
 
@@ -78,12 +76,3 @@ func registryError(err error) error {
 	}
 	return err
 }
-
-func encodeJSONIndent(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// bots set-agent: change a managed bot's agent kind and config in place,
-// checked against the kind's schema before anything is written.

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"buko.app/agentrunner/runner"
@@ -112,26 +113,23 @@ bot's next update.`,
 			if err := checkAgent(kind, cfg); err != nil {
 				return usageError{fmt.Errorf("bots set-agent: %w", err)}
 			}
-			pool, err := db.open(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			b, err := runner.NewRegistry(runner.RegistryConfig{Pool: pool, Logger: g.log}).Get(cmd.Context(), args[0])
-			if err != nil {
-				return registryError(err)
-			}
-			changed, from, err := setAgent(cmd.Context(), pool, operator(), b, kind, cfg)
-			if err != nil {
-				return fmt.Errorf("bots set-agent: %w", err)
-			}
-			if !changed {
-				fmt.Fprintf(cmd.OutOrStdout(), "@%s (%s) already has agent %s with this config\n", b.Handle, b.ID, kind)
+			return withRegistry(cmd.Context(), g, &db, func(pool *pgxpool.Pool, reg *runner.Registry) error {
+				b, err := reg.Get(cmd.Context(), args[0])
+				if err != nil {
+					return registryError(err)
+				}
+				changed, from, err := setAgent(cmd.Context(), pool, operator(), b, kind, cfg)
+				if err != nil {
+					return fmt.Errorf("bots set-agent: %w", err)
+				}
+				if !changed {
+					fmt.Fprintf(cmd.OutOrStdout(), "@%s (%s) already has agent %s with this config\n", b.Handle, b.ID, kind)
+					return nil
+				}
+				g.log.Info().Str("bot_id", b.ID).Str("agent", kind).Str("from", from).Str("actor", operator()).Msg("bot agent changed")
+				fmt.Fprintf(cmd.OutOrStdout(), "@%s (%s) now has agent %s (was %s)\n", b.Handle, b.ID, kind, from)
 				return nil
-			}
-			g.log.Info().Str("bot_id", b.ID).Str("agent", kind).Str("from", from).Str("actor", operator()).Msg("bot agent changed")
-			fmt.Fprintf(cmd.OutOrStdout(), "@%s (%s) now has agent %s (was %s)\n", b.Handle, b.ID, kind, from)
-			return nil
+			})
 		},
 	}
 	f := cmd.Flags()

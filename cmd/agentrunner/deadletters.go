@@ -7,18 +7,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"text/tabwriter"
+	"io"
 	"time"
 
-	"github.com/mattn/go-isatty"
-	"github.com/schollz/progressbar/v3"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"buko.app/agentrunner/runner"
 	"buko.app/agentrunner/sessions"
 	"buko.app/agentrunner/vault"
 	"buko.app/agentrunner/workflows"
+	"buko.app/agentrunner/workflows/codec"
 )
 
 func newDeadLettersCmd(g *globals) *cobra.Command {
@@ -73,7 +72,7 @@ func resolveBot(cmd *cobra.Command, reg *runner.Registry, bot string) (string, e
 func newDeadLettersListCmd(g *globals) *cobra.Command {
 	var (
 		db       dbFlags
-		output   string
+		output   outputFlag
 		bot      string
 		replayed bool
 	)
@@ -88,48 +87,41 @@ encrypted. A missing update_id means the frame had none that could be read.`,
   agentrunner dead-letters list --bot @helper_bot --replayed -o json | jq '.[] | .reason'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return usageError{fmt.Errorf("-o %q: want table or json", output)}
-			}
-			pool, err := db.open(cmd.Context())
-			if err != nil {
+			if err := output.check(); err != nil {
 				return err
 			}
-			defer pool.Close()
-			botID, err := resolveBot(cmd, runner.NewRegistry(runner.RegistryConfig{Pool: pool, Logger: g.log}), bot)
-			if err != nil {
-				return err
-			}
-			dls, err := runner.NewDeadLetterStore(pool, nil).List(cmd.Context(), runner.DeadLetterFilter{BotID: botID, Pending: !replayed, Limit: 100000})
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			if output == "json" {
-				return encodeJSONIndent(out, dls)
-			}
-			if len(dls) == 0 {
-				fmt.Fprintln(cmd.ErrOrStderr(), "no dead letters")
-				return nil
-			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tBOT\tUPDATE\tCHAT\tREASON\tBYTES\tKEPT\tREPLAYED\tREPLAY ERROR")
-			for _, d := range dls {
-				replayedAt := "-"
-				if d.ReplayedAt != nil {
-					replayedAt = d.ReplayedAt.UTC().Format("2006-01-02 15:04")
+			return withRegistry(cmd.Context(), g, &db, func(pool *pgxpool.Pool, reg *runner.Registry) error {
+				botID, err := resolveBot(cmd, reg, bot)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, d.BotID, orDash(d.UpdateID), orDash(d.ChatID), d.Reason,
-					d.PayloadBytes, d.CreatedAt.UTC().Format("2006-01-02 15:04"), replayedAt, orDash(d.ReplayError))
-			}
-			return tw.Flush()
+				dls, err := runner.NewDeadLetterStore(pool, nil).List(cmd.Context(), runner.DeadLetterFilter{BotID: botID, Pending: !replayed, Limit: 100000})
+				if err != nil {
+					return err
+				}
+				return output.print(cmd.OutOrStdout(), dls, func(w io.Writer) error {
+					if len(dls) == 0 {
+						fmt.Fprintln(cmd.ErrOrStderr(), "no dead letters")
+						return nil
+					}
+					return table(w, "ID\tBOT\tUPDATE\tCHAT\tREASON\tBYTES\tKEPT\tREPLAYED\tREPLAY ERROR", func(tw io.Writer) {
+						for _, d := range dls {
+							replayedAt := "-"
+							if d.ReplayedAt != nil {
+								replayedAt = d.ReplayedAt.UTC().Format("2006-01-02 15:04")
+							}
+							fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, d.BotID, orDash(d.UpdateID), orDash(d.ChatID), d.Reason,
+								d.PayloadBytes, d.CreatedAt.UTC().Format("2006-01-02 15:04"), replayedAt, orDash(d.ReplayError))
+						}
+					})
+				})
+			})
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&output, "output", "o", "table", "output format: table or json")
+	output.bind(f, "table", "output format: table or json")
 	f.StringVar(&bot, "bot", "", "only this bot's (a bot id or handle)")
 	f.BoolVar(&replayed, "replayed", false, "include dead letters replayed already")
-	envFlag(f, "output", "AGENTRUNNER_OUTPUT")
 	db.bind(f)
 	return cmd
 }
@@ -146,12 +138,12 @@ func newDeadLettersReplayCmd(g *globals) *cobra.Command {
 		db       dbFlags
 		cf       cipherFlags
 		tf       temporalFlags
-		output   string
+		output   outputFlag
 		bot      string
 		id       int64
 		all      bool
 		handoff  string
-		progress string
+		progress progressFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "replay (--id N | --bot BOT | --all) [-o text|json]",
@@ -173,140 +165,151 @@ Say which: --id N (one), --bot BOT (one bot's pending ones) or --all.`,
   agentrunner dead-letters replay --all -o json | jq '.[] | select(.replayed | not)'`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return usageError{fmt.Errorf("-o %q: want text or json", output)}
+			if err := output.check(); err != nil {
+				return err
 			}
-			n := 0
-			for _, set := range []bool{id != 0, bot != "", all} {
-				if set {
-					n++
-				}
+			if err := checkReplaySelection(id, bot, all); err != nil {
+				return err
 			}
-			if n != 1 {
-				return usageError{errors.New("say which dead letters to replay: exactly one of --id N, --bot BOT or --all")}
+			show, err := progress.show(cmd)
+			if err != nil {
+				return err
 			}
-			if id < 0 {
-				return usageError{fmt.Errorf("--id %d: want a positive id (see agentrunner dead-letters list)", id)}
-			}
-			showBar := false
-			switch progress {
-			case "auto":
-				f, ok := cmd.ErrOrStderr().(*os.File)
-				showBar = ok && isatty.IsTerminal(f.Fd()) && output == "text"
-			case "always":
-				showBar = true
-			case "never":
-			default:
-				return usageError{fmt.Errorf("--progress %q: want auto, always or never", progress)}
-			}
+			show = show && (progress.mode != "auto" || !output.json()) // auto: a bar only above a table
 			ctx := cmd.Context()
-			pool, err := db.open(ctx)
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			botID, err := resolveBot(cmd, runner.NewRegistry(runner.RegistryConfig{Pool: pool, Logger: g.log}), bot)
-			if err != nil {
-				return err
-			}
-			u := &lazyUnwrapper{open: func(ctx context.Context) (vault.Cipher, error) { return cf.open(ctx, g.log, nil) }}
-			defer u.close()
-			keys, err := tf.loadKeys(ctx, u)
-			if err != nil {
-				return err
-			}
-			var h sessions.Handoff
-			switch handoff {
-			case handoffTemporal:
-				tc, err := tf.dial(ctx, g.log, keys, nil)
+			return withRegistry(ctx, g, &db, func(pool *pgxpool.Pool, reg *runner.Registry) error {
+				botID, err := resolveBot(cmd, reg, bot)
 				if err != nil {
 					return err
 				}
-				defer tc.Close()
-				h = workflows.NewHandoff(tc, tf.taskQueue)
-			case handoffPostgres:
-				h = runner.NewPGHandoff(pool, "dead-letters-replay", nil)
-			default:
-				return usageError{fmt.Errorf("--handoff %q: want %s or %s", handoff, handoffTemporal, handoffPostgres)}
-			}
-			store := runner.NewDeadLetterStore(pool, keys)
-			todo, err := store.List(ctx, runner.DeadLetterFilter{BotID: botID, ID: id, Pending: id == 0, Limit: 1000000})
-			if err != nil {
-				return err
-			}
-			if id != 0 && len(todo) == 0 {
-				return usageError{fmt.Errorf("no dead letter %d (see agentrunner dead-letters list)", id)}
-			}
-			var bar *progressbar.ProgressBar
-			if showBar && len(todo) > 0 {
-				bar = progressbar.NewOptions(len(todo),
-					progressbar.OptionSetWriter(cmd.ErrOrStderr()),
-					progressbar.OptionSetDescription("replay"),
-					progressbar.OptionShowCount(),
-					progressbar.OptionShowIts(),
-					progressbar.OptionSetItsString("updates"),
-					progressbar.OptionThrottle(100*time.Millisecond),
-					progressbar.OptionSetWidth(30),
-				)
-			}
-			start := time.Now()
-			outcomes := make([]runner.ReplayOutcome, 0, len(todo))
-			failed := 0
-			var runErr error
-			for _, d := range todo {
-				o, err := store.Replay(ctx, h, d.ID)
+				u := &lazyUnwrapper{open: func(ctx context.Context) (vault.Cipher, error) { return cf.open(ctx, g.log, nil) }}
+				defer u.close()
+				keys, err := tf.loadKeys(ctx, u)
 				if err != nil {
-					runErr = err
-					break
-				}
-				if !o.Replayed {
-					failed++
-				}
-				outcomes = append(outcomes, o)
-				if bar != nil {
-					_ = bar.Add(1)
-				}
-			}
-			if bar != nil {
-				_ = bar.Exit()
-				fmt.Fprintln(cmd.ErrOrStderr())
-			}
-			out := cmd.OutOrStdout()
-			if output == "json" {
-				if err := encodeJSONIndent(out, outcomes); err != nil {
 					return err
 				}
-			} else {
-				for _, o := range outcomes {
-					if !o.Replayed {
-						fmt.Fprintf(out, "dead letter %d (bot %s, update %s): not replayed: %s\n", o.ID, o.BotID, dashIfEmpty(o.UpdateID), o.Error)
-					}
+				h, closeHandoff, err := replayHandoff(ctx, g, &tf, handoff, pool, keys)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(out, "replayed %d of %d dead letters in %s; %d still pending\n",
-					len(outcomes)-failed, len(todo), time.Since(start).Round(time.Millisecond), failed+len(todo)-len(outcomes))
-			}
-			if runErr != nil {
-				return fmt.Errorf("dead-letters replay: %w (run it again to continue)", runErr)
-			}
-			if failed > 0 {
-				return fmt.Errorf("dead-letters replay: %d dead letters did not replay (reasons above and in replay_error)", failed)
-			}
-			return nil
+				defer closeHandoff()
+				store := runner.NewDeadLetterStore(pool, keys)
+				todo, err := store.List(ctx, runner.DeadLetterFilter{BotID: botID, ID: id, Pending: id == 0, Limit: 1000000})
+				if err != nil {
+					return err
+				}
+				if id != 0 && len(todo) == 0 {
+					return usageError{fmt.Errorf("no dead letter %d (see agentrunner dead-letters list)", id)}
+				}
+				var b *bar
+				if show && len(todo) > 0 {
+					b = newBar(cmd.ErrOrStderr(), len(todo), "replay", "updates")
+				}
+				r := replayAll(ctx, store, h, todo, b)
+				if err := output.print(cmd.OutOrStdout(), r.outcomes, r.writeText); err != nil {
+					return err
+				}
+				return r.err()
+			})
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&output, "output", "o", "text", "output format: text or json (one outcome per dead letter)")
+	output.bind(f, "text", "output format: text or json (one outcome per dead letter)")
 	f.StringVar(&bot, "bot", "", "replay this bot's pending dead letters (a bot id or handle)")
 	f.Int64Var(&id, "id", 0, "replay this dead letter (its id in dead-letters list)")
 	f.BoolVar(&all, "all", false, "replay every pending dead letter")
 	f.StringVar(&handoff, "handoff", handoffTemporal, "where to hand off: temporal (chat workflows) or postgres (the handoffs table; tests)")
-	f.StringVar(&progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
-	envFlag(f, "output", "AGENTRUNNER_OUTPUT")
+	progress.bind(f)
 	envFlag(f, "progress", "AGENTRUNNER_PROGRESS")
 	db.bind(f)
 	cf.bind(f)
 	tf.bind(f)
 	return cmd
+}
+
+// checkReplaySelection wants exactly one of --id, --bot and --all.
+func checkReplaySelection(id int64, bot string, all bool) error {
+	n := 0
+	for _, set := range []bool{id != 0, bot != "", all} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return usageError{errors.New("say which dead letters to replay: exactly one of --id N, --bot BOT or --all")}
+	}
+	if id < 0 {
+		return usageError{fmt.Errorf("--id %d: want a positive id (see agentrunner dead-letters list)", id)}
+	}
+	return nil
+}
+
+// replayHandoff is where replayed updates go (--handoff); release frees it.
+func replayHandoff(ctx context.Context, g *globals, tf *temporalFlags, handoff string, pool *pgxpool.Pool, keys codec.KeyProvider) (h sessions.Handoff, release func(), err error) {
+	switch handoff {
+	case handoffTemporal:
+		tc, err := tf.dial(ctx, g.log, keys, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		return workflows.NewHandoff(tc, tf.taskQueue), tc.Close, nil
+	case handoffPostgres:
+		return runner.NewPGHandoff(pool, "dead-letters-replay", nil), func() {}, nil
+	}
+	return nil, nil, usageError{fmt.Errorf("--handoff %q: want %s or %s", handoff, handoffTemporal, handoffPostgres)}
+}
+
+// replayRun is what a replay did.
+type replayRun struct {
+	todo     int
+	outcomes []runner.ReplayOutcome
+	failed   int   // outcomes not replayed
+	stopped  error // a failure that stopped the run
+	took     time.Duration
+}
+
+// replayAll replays todo in order, stopping at the first error of the store.
+func replayAll(ctx context.Context, store *runner.DeadLetterStore, h sessions.Handoff, todo []runner.DeadLetterView, b *bar) replayRun {
+	start := time.Now()
+	r := replayRun{todo: len(todo), outcomes: make([]runner.ReplayOutcome, 0, len(todo))}
+	for _, d := range todo {
+		o, err := store.Replay(ctx, h, d.ID)
+		if err != nil {
+			r.stopped = err
+			break
+		}
+		if !o.Replayed {
+			r.failed++
+		}
+		r.outcomes = append(r.outcomes, o)
+		_ = b.Add(1)
+	}
+	_ = b.Exit()
+	r.took = time.Since(start)
+	return r
+}
+
+// writeText says which did not replay, then the count.
+func (r replayRun) writeText(w io.Writer) error {
+	for _, o := range r.outcomes {
+		if !o.Replayed {
+			fmt.Fprintf(w, "dead letter %d (bot %s, update %s): not replayed: %s\n", o.ID, o.BotID, dashIfEmpty(o.UpdateID), o.Error)
+		}
+	}
+	_, err := fmt.Fprintf(w, "replayed %d of %d dead letters in %s; %d still pending\n",
+		len(r.outcomes)-r.failed, r.todo, r.took.Round(time.Millisecond), r.failed+r.todo-len(r.outcomes))
+	return err
+}
+
+// err is the run's exit status: it stopped, or some did not replay.
+func (r replayRun) err() error {
+	if r.stopped != nil {
+		return fmt.Errorf("dead-letters replay: %w (run it again to continue)", r.stopped)
+	}
+	if r.failed > 0 {
+		return fmt.Errorf("dead-letters replay: %d dead letters did not replay (reasons above and in replay_error)", r.failed)
+	}
+	return nil
 }
 
 func dashIfEmpty(s string) string {

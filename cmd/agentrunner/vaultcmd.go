@@ -5,12 +5,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"time"
 
-	"github.com/mattn/go-isatty"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"buko.app/agentrunner/vault"
@@ -85,7 +81,7 @@ func newVaultRewrapCmd(g *globals) *cobra.Command {
 		db       dbFlags
 		cf       cipherFlags
 		batch    int
-		progress string
+		progress progressFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "rewrap [--batch-size N]",
@@ -106,16 +102,9 @@ the plaintext never leaves Vault (transit/rewrap).`,
 			if batch < 1 || batch > 100000 {
 				return usageError{fmt.Errorf("--batch-size %d: want 1..100000", batch)}
 			}
-			var showBar bool
-			switch progress {
-			case "auto":
-				f, ok := cmd.ErrOrStderr().(*os.File)
-				showBar = ok && isatty.IsTerminal(f.Fd())
-			case "always":
-				showBar = true
-			case "never":
-			default:
-				return usageError{fmt.Errorf("--progress %q: want auto, always or never", progress)}
+			showBar, err := progress.show(cmd)
+			if err != nil {
+				return err
 			}
 			env, err := openRegistry(cmd.Context(), g.log, &db, &cf, nil)
 			if err != nil {
@@ -123,21 +112,18 @@ the plaintext never leaves Vault (transit/rewrap).`,
 			}
 			defer env.close()
 
-			var bar *progressbar.ProgressBar
+			var b *bar
 			report := func(done, total int) {
 				if !showBar {
 					return
 				}
-				if bar == nil {
-					bar = newRewrapBar(cmd.ErrOrStderr(), total)
+				if b == nil {
+					b = newBar(cmd.ErrOrStderr(), total, "rewrap", "rows")
 				}
-				_ = bar.Set(done)
+				b.Set(done)
 			}
 			st, err := env.store.Rewrap(cmd.Context(), vault.RewrapOptions{Actor: operator(), BatchSize: batch, Progress: report})
-			if bar != nil {
-				_ = bar.Exit()
-				fmt.Fprintln(cmd.ErrOrStderr())
-			}
+			_ = b.Exit()
 			rate := 0.0
 			if s := st.Duration.Seconds(); s > 0 {
 				rate = float64(st.Rewrapped) / s
@@ -155,22 +141,10 @@ the plaintext never leaves Vault (transit/rewrap).`,
 	}
 	f := cmd.Flags()
 	f.IntVar(&batch, "batch-size", vault.DefaultRewrapBatch, "rows per batch")
-	f.StringVar(&progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
+	progress.bind(f)
 	envFlag(f, "batch-size", "AGENTRUNNER_REWRAP_BATCH_SIZE")
 	envFlag(f, "progress", "AGENTRUNNER_PROGRESS")
 	db.bind(f)
 	cf.bind(f)
 	return cmd
-}
-
-func newRewrapBar(w io.Writer, total int) *progressbar.ProgressBar {
-	return progressbar.NewOptions(total,
-		progressbar.OptionSetWriter(w),
-		progressbar.OptionSetDescription("rewrap"),
-		progressbar.OptionShowCount(),
-		progressbar.OptionShowIts(),
-		progressbar.OptionSetItsString("rows"),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionSetWidth(30),
-	)
 }
