@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -86,15 +87,9 @@ func (fc *fakeConn) send(t *testing.T, typ websocket.MessageType, data string) {
 // expect waits for a client frame of type typ (skipping others).
 func (fc *fakeConn) expect(t *testing.T, typ string) buko.Frame {
 	t.Helper()
-	deadline := time.After(60 * time.Second)
 	for {
-		select {
-		case f := <-fc.frames:
-			if f.Type == typ {
-				return f
-			}
-		case <-deadline:
-			t.Fatalf("no %q frame from the client", typ)
+		if f := testsupport.Receive(t, fmt.Sprintf("a %q frame from the client", typ), fc.frames); f.Type == typ {
+			return f
 		}
 	}
 }

@@ -289,11 +289,14 @@ func TestRepeatedUnauthorizedGivesUp(t *testing.T) {
 			cfg.Logger = zerolog.New(&logs).Level(zerolog.DebugLevel)
 			cfg.OnAuthFailed = func() { close(authFailed) }
 			s := startSession(t, cfg)
-			select {
-			case <-authFailed:
-			case <-time.After(60 * time.Second):
-				t.Fatalf("OnAuthFailed not called; state %v", s.State())
-			}
+			testsupport.Until(t, "OnAuthFailed", 60*time.Second, func() (bool, string) {
+				select {
+				case <-authFailed:
+					return true, ""
+				default:
+					return false, fmt.Sprintf("state %v", s.State())
+				}
+			})
 			if s.State() != StateAuthFailed {
 				t.Errorf("state %v, want auth_failed", s.State())
 			}

@@ -399,13 +399,8 @@ func TestPollingCursor(t *testing.T) {
 		return bv.PendingUpdates == 0
 	})
 	e.say(chat, u, "p5")
-	select {
-	case ups := <-res:
-		if len(ups) != 1 || ups[0].Message.Text != "p5" {
-			t.Fatalf("long poll: %q", texts(ups))
-		}
-	case <-time.After(wait):
-		t.Fatal("long poll did not return")
+	if ups := testsupport.ReceiveWithin(t, "the long poll to return", wait, res); len(ups) != 1 || ups[0].Message.Text != "p5" {
+		t.Fatalf("long poll: %q", texts(ups))
 	}
 
 	for name, body := range map[string]string{

@@ -299,6 +299,8 @@ func (w *wsClient) readLoop() {
 // next returns the next frame.
 func (w *wsClient) next() buko.Frame {
 	w.t.Helper()
+	timeout := time.NewTimer(testsupport.Timeout(wait))
+	defer timeout.Stop()
 	select {
 	case f := <-w.frames:
 		return f
@@ -309,8 +311,8 @@ func (w *wsClient) next() buko.Frame {
 		default:
 		}
 		w.t.Fatalf("socket closed while waiting for a frame: %v", w.err)
-	case <-time.After(wait):
-		w.t.Fatalf("no frame within %v", wait)
+	case <-timeout.C:
+		w.t.Fatalf("no frame within %v", testsupport.Timeout(wait))
 	}
 	return buko.Frame{}
 }
@@ -371,14 +373,16 @@ func (w *wsClient) ack(id buko.UpdateID) { w.t.Helper(); w.send(buko.AckFrame(id
 // closed waits for the server to end the socket and returns its close code.
 func (w *wsClient) closed() websocket.StatusCode {
 	w.t.Helper()
+	timeout := time.NewTimer(testsupport.Timeout(wait)) // for the close, whatever frames come first
+	defer timeout.Stop()
 	for {
 		select {
 		case <-w.frames:
 			continue
 		case <-w.done:
 			return websocket.CloseStatus(w.err)
-		case <-time.After(wait):
-			w.t.Fatalf("socket not closed within %v", wait)
+		case <-timeout.C:
+			w.t.Fatalf("socket not closed within %v", testsupport.Timeout(wait))
 		}
 	}
 }

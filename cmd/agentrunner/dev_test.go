@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -99,26 +100,24 @@ func TestDevEndToEnd(t *testing.T) {
 
 	// The banner names the seeded chats.
 	chatRE := regexp.MustCompile(`bot @(\w+) \((\w+)\): bot_id (\S+), chat (\S+)`)
-	var chats map[string][2]string // handle → bot id, chat id
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if m := chatRE.FindAllStringSubmatch(out.String(), -1); len(m) == 2 {
-			chats = map[string][2]string{}
-			for _, x := range m {
-				chats[x[1]] = [2]string{x[3], x[4]}
-			}
-			break
-		}
+	// running fails t at once when dev has exited.
+	running := func(when string) {
 		select {
 		case err := <-exited:
 			stopped = true
-			t.Fatalf("dev exited early: %v", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no banner within 3 minutes")
+			t.Fatalf("dev exited %s: %v", when, err)
+		default:
 		}
 	}
+	chats := map[string][2]string{} // handle → bot id, chat id
+	testsupport.Within(t, "the banner", 3*time.Minute, func() bool {
+		running("early")
+		m := chatRE.FindAllStringSubmatch(out.String(), -1)
+		for _, x := range m {
+			chats[x[1]] = [2]string{x[3], x[4]}
+		}
+		return len(m) == 2
+	})
 	banner := func(re string) string {
 		m := regexp.MustCompile(re).FindStringSubmatch(out.String())
 		if m == nil {
@@ -150,26 +149,17 @@ func TestDevEndToEnd(t *testing.T) {
 		if _, err := sc.Say(context.Background(), chat.ChatID, user.UserID, "hello dev"); err != nil {
 			t.Fatal(err)
 		}
-		for {
+		testsupport.Until(t, fmt.Sprintf("@%s's reply starting %q", handle, want), 3*time.Minute, func() (bool, string) {
+			running("while waiting for a reply")
 			msgs, _ := sc.Transcript(context.Background(), chat.ChatID, "")
-			found := false
 			for _, m := range msgs {
-				found = found || (m.FromKind == "bot" && strings.HasPrefix(m.Text, want))
+				if m.FromKind == "bot" && strings.HasPrefix(m.Text, want) {
+					return true, ""
+				}
 			}
-			if found {
-				t.Logf("@%s answered after %s", handle, time.Since(start).Round(time.Millisecond))
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("@%s: no reply starting %q; transcript %+v", handle, want, msgs)
-			}
-			select {
-			case err := <-exited:
-				stopped = true
-				t.Fatalf("dev exited: %v", err)
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
+			return false, fmt.Sprintf("transcript %+v", msgs)
+		})
+		t.Logf("@%s answered after %s", handle, time.Since(start).Round(time.Millisecond))
 	}
 
 	// The admin API takes writes with the token dev made, and only with it.
@@ -186,12 +176,7 @@ func TestDevEndToEnd(t *testing.T) {
 	t.Run("browser", func(t *testing.T) {
 		devBrowser(t, simURL, "http://"+adminAddr, strings.TrimSpace(string(tok)), chats[devstack.EchoHandle][1])
 	})
-	select {
-	case err := <-exited:
-		stopped = true
-		t.Fatalf("dev exited: %v", err)
-	default:
-	}
+	running("during the browser check")
 	pause := func(token string) int {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/api/v1/bots/"+chats[devstack.EchoHandle][0]+"/pause", nil)
 		if token != "" {
@@ -216,14 +201,10 @@ func TestDevEndToEnd(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-exited:
-		stopped = true
-		if err != nil {
-			t.Fatalf("dev after SIGINT: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("dev did not stop within 60s of SIGINT")
+	err = testsupport.ReceiveWithin(t, "dev to stop after SIGINT", 60*time.Second, exited)
+	stopped = true
+	if err != nil {
+		t.Fatalf("dev after SIGINT: %v", err)
 	}
 	t.Logf("dev stopped %s after SIGINT", time.Since(stopAt).Round(time.Millisecond))
 	for _, addr := range []string{simAddr, adminAddr, net.JoinHostPort("127.0.0.1", strconv.Itoa(temporalPort))} {

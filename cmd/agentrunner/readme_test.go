@@ -164,12 +164,7 @@ func readmeServe(t *testing.T, f *cliFix, botID string, args []string) {
 		return false
 	}))
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve after drain: %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("serve did not stop within a minute of its cancel")
+	if err := testsupport.ReceiveWithin(t, "serve to stop after its cancel", time.Minute, done); err != nil {
+		t.Fatalf("serve after drain: %v", err)
 	}
 }

@@ -145,22 +145,16 @@ func TestServeInProcess(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		live, _ := env.Live(t, runnertest.IDs(bots))
-		code, _ := get("/readyz")
-		if live == len(bots) && code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bots live %d/%d, readyz %d", live, len(bots), code)
-		}
+	testsupport.Until(t, "every bot live and readyz 200", 60*time.Second, func() (bool, string) {
 		select {
 		case err := <-done:
 			t.Fatalf("serve returned early: %v", err)
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
-	}
+		live, _ := env.Live(t, runnertest.IDs(bots))
+		code, _ := get("/readyz")
+		return live == len(bots) && code == http.StatusOK, fmt.Sprintf("bots live %d/%d, readyz %d", live, len(bots), code)
+	})
 	if code, body := get("/healthz"); code != http.StatusOK {
 		t.Fatalf("healthz: %d %s", code, body)
 	}
@@ -170,13 +164,8 @@ func TestServeInProcess(t *testing.T) {
 		t.Fatalf("metrics: %d, missing leases/sessions lines", code)
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve after drain: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("serve did not drain")
+	if err := testsupport.ReceiveWithin(t, "serve to drain", 60*time.Second, done); err != nil {
+		t.Fatalf("serve after drain: %v", err)
 	}
 	if live, _ := env.Live(t, runnertest.IDs(bots)); live != 0 {
 		t.Fatalf("%d bots still connected after the drain", live)
@@ -252,13 +241,8 @@ func TestServeTemporalEndToEnd(t *testing.T) {
 	}
 
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve after drain: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("serve did not drain")
+	if err := testsupport.ReceiveWithin(t, "serve to drain", 60*time.Second, done); err != nil {
+		t.Fatalf("serve after drain: %v", err)
 	}
 }
 

@@ -98,13 +98,8 @@ func TestWorkerCommandEndToEnd(t *testing.T) {
 		}
 		stopped = true
 		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("worker: %v", err)
-			}
-		case <-time.After(time.Minute):
-			t.Error("worker did not stop")
+		if err := testsupport.ReceiveWithin(t, "the worker to stop", time.Minute, done); err != nil {
+			t.Errorf("worker: %v", err)
 		}
 	}
 	t.Cleanup(stopWorker)
