@@ -158,13 +158,15 @@ func (r *replica) term() { r.signal(syscall.SIGTERM) }
 // wait returns the replica's exit error, failing the test after d.
 func (r *replica) wait(t testing.TB, d time.Duration) error {
 	t.Helper()
-	select {
-	case <-r.done:
-		return r.err
-	case <-time.After(d):
-		t.Fatalf("replica %s did not exit within %s", r.id, d)
-		return nil
-	}
+	testsupport.Within(t, "replica "+r.id+" to exit", d, func() bool {
+		select {
+		case <-r.done:
+			return true
+		default:
+			return false
+		}
+	})
+	return r.err
 }
 
 func (r *replica) exited() bool {
