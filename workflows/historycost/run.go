@@ -1,0 +1,512 @@
+package historycost
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rs/zerolog"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"golang.org/x/sync/errgroup"
+
+	"buko.app/agentrunner/buko"
+	"buko.app/agentrunner/buko/sim"
+	"buko.app/agentrunner/vault"
+	"buko.app/agentrunner/workflows"
+	"buko.app/agentrunner/workflows/agents"
+	"buko.app/agentrunner/workflows/codec"
+)
+
+// Patterns of a measured chat.
+const (
+	Quiet = "quiet" // one message at a time, each answered before the next
+	Burst = "burst" // all messages at once
+)
+
+// Options configure Run.
+type Options struct {
+	// Client is a Temporal client with the payload codec (workflows.Dial).
+	Client client.Client
+	// TaskQueue of the run's own worker; "" → a fresh "history-cost-…" queue.
+	TaskQueue string
+	// Agents to measure: echo, http, openai (default all three). The http and
+	// openai agents talk to services this run starts on 127.0.0.1.
+	Agents []string
+	// Quiet and Burst are the messages of each agent's quiet chat (one at a
+	// time) and busy chat (all at once); default 20 each. The chat's /start
+	// greeting comes first and counts as an update too.
+	Quiet, Burst int
+	// IdleTimeout is the chats' quiet time: the run waits for every chain to
+	// end (so its whole history is counted); default 3 s.
+	IdleTimeout time.Duration
+	// Timeout bounds each chat (default 2 min).
+	Timeout time.Duration
+	Logger  zerolog.Logger
+}
+
+// Result is what one chat's chain cost.
+type Result struct {
+	Agent            string  `json:"agent"`
+	Pattern          string  `json:"pattern"`
+	Updates          int     `json:"updates"` // handed off, the /start greeting included
+	Replies          int     `json:"replies"` // the bot's messages in the chat at the end
+	Cost             Cost    `json:"cost"`
+	EventsPerUpdate  float64 `json:"events_per_update"`
+	ActionsPerUpdate float64 `json:"actions_per_update"`
+	WorkflowID       string  `json:"workflow_id"`
+}
+
+// Run plays each agent's quiet and busy chat through a Buko simulator, the
+// Handoff and a worker of its own against the Temporal server of o.Client,
+// waits until every chat's chain has ended, and counts what its histories
+// recorded. Nothing is estimated: the figures are the events of the runs.
+func Run(ctx context.Context, o Options) ([]Result, error) {
+	if o.Client == nil {
+		return nil, errors.New("historycost: Run needs a client")
+	}
+	if len(o.Agents) == 0 {
+		o.Agents = []string{"echo", "http", "openai"}
+	}
+	for _, a := range o.Agents {
+		if a != "echo" && a != "http" && a != "openai" {
+			return nil, fmt.Errorf("historycost: agent %q: want echo, http or openai", a)
+		}
+	}
+	if o.Quiet <= 0 {
+		o.Quiet = 20
+	}
+	if o.Burst <= 0 {
+		o.Burst = 20
+	}
+	if o.Quiet > 28 || o.Burst > 28 {
+		// The official tier's burst is 30 sends a minute: past it the worker
+		// paces sends (retries with delays), which is a quota, not a cost, figure.
+		return nil, errors.New("historycost: at most 28 messages per chat (one bot's send burst)")
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 3 * time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	if o.TaskQueue == "" {
+		o.TaskQueue = fmt.Sprintf("history-cost-%d", time.Now().UnixNano())
+	}
+
+	var servers []*http.Server
+	defer func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+	serve := func(h http.Handler) (string, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", fmt.Errorf("historycost: listen: %w", err)
+		}
+		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, s)
+		go func() { _ = s.Serve(ln) }()
+		return "http://" + ln.Addr().String(), nil
+	}
+	simSrv := sim.New(sim.Options{})
+	defer simSrv.Close()
+	simURL, err := serve(simSrv)
+	if err != nil {
+		return nil, err
+	}
+	httpURL, err := serve(http.HandlerFunc(httpAgentService))
+	if err != nil {
+		return nil, err
+	}
+	openaiURL, err := serve(http.HandlerFunc(openAIService))
+	if err != nil {
+		return nil, err
+	}
+
+	w := &world{
+		o:       o,
+		api:     buko.NewClient(simURL, nil),
+		control: sim.NewControl(simURL, sim.ControlOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}}),
+		bots:    &directory{m: map[string]workflows.BotSpec{}},
+		tokens:  &tokens{m: map[string]vault.Token{}},
+		configs: map[string]json.RawMessage{
+			"echo":   nil,
+			"http":   json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":%q}`, httpURL+"/agent", benchSecretRef)),
+			"openai": json.RawMessage(fmt.Sprintf(`{"base_url":%q,"model":"bench","api_key":%q}`, openaiURL+"/v1", benchSecretRef)),
+		},
+	}
+	wk, err := workflows.NewWorker(o.Client, workflows.WorkerOptions{
+		TaskQueue: o.TaskQueue, Bots: w.bots, Tokens: w.tokens, API: w.api,
+		Secrets: benchSecrets{}, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := wk.Start(); err != nil {
+		return nil, err
+	}
+	defer wk.Stop()
+	w.handoff = workflows.NewHandoff(o.Client, o.TaskQueue).WithSettings(workflows.Settings{IdleTimeout: o.IdleTimeout})
+
+	var (
+		mu  sync.Mutex
+		out []Result
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	for _, agent := range o.Agents {
+		for _, pattern := range []string{Quiet, Burst} {
+			g.Go(func() error {
+				cctx, cancel := context.WithTimeout(gctx, o.Timeout)
+				defer cancel()
+				r, err := w.chat(cctx, agent, pattern)
+				if err != nil {
+					return fmt.Errorf("historycost: %s %s chat: %w", agent, pattern, err)
+				}
+				mu.Lock()
+				out = append(out, r)
+				mu.Unlock()
+				return nil
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b Result) int {
+		if c := slices.Index(o.Agents, a.Agent) - slices.Index(o.Agents, b.Agent); c != 0 {
+			return c
+		}
+		if a.Pattern == b.Pattern {
+			return 0
+		}
+		if a.Pattern == Quiet {
+			return -1
+		}
+		return 1
+	})
+	return out, nil
+}
+
+// world is what Run's chats share.
+type world struct {
+	o       Options
+	api     *buko.Client
+	control *sim.Control
+	bots    *directory
+	tokens  *tokens
+	handoff *workflows.Handoff
+	configs map[string]json.RawMessage
+}
+
+// chat plays one chat: a bot of its own (so its send quota is its own), a user,
+// the /start greeting, then the messages; it waits for every reply and for the
+// chain's end, and counts the chain.
+func (w *world) chat(ctx context.Context, agent, pattern string) (Result, error) {
+	handle := fmt.Sprintf("cost_%s_%s_%d", agent, pattern, time.Now().UnixNano()%1_000_000)
+	cb, err := w.control.CreateBot(ctx, sim.BotSettings{Handle: handle, DisplayName: "Cost " + agent})
+	if err != nil {
+		return Result{}, err
+	}
+	tok, err := vault.ParseToken(cb.Token)
+	if err != nil {
+		return Result{}, err
+	}
+	w.tokens.set(cb.BotID, tok)
+	w.bots.set(workflows.BotSpec{ID: cb.BotID, Handle: handle, DisplayName: "Cost " + agent, Tier: workflows.TierOfficial,
+		Agent: agent, AgentConfig: w.configs[agent]})
+	user, err := w.control.CreateUser(ctx, "cost "+handle, "")
+	if err != nil {
+		return Result{}, err
+	}
+	sc, err := w.control.OpenPrivateChat(ctx, user.UserID, cb.BotID)
+	if err != nil {
+		return Result{}, err
+	}
+	p := &poller{w: w, bot: cb.BotID, tok: tok}
+	// The /start greeting: the chain starts with it, and it is answered first.
+	if err := p.handOff(ctx, 1); err != nil {
+		return Result{}, err
+	}
+	if err := w.awaitReplies(ctx, sc.ChatID, 1); err != nil {
+		return Result{}, err
+	}
+	updates := 1
+	switch pattern {
+	case Quiet:
+		for i := range w.o.Quiet {
+			if _, err := w.control.Say(ctx, sc.ChatID, user.UserID, fmt.Sprintf("quiet message %d", i+1)); err != nil {
+				return Result{}, err
+			}
+			if err := p.handOff(ctx, 1); err != nil {
+				return Result{}, err
+			}
+			updates++
+			if err := w.awaitReplies(ctx, sc.ChatID, updates); err != nil {
+				return Result{}, err
+			}
+		}
+	case Burst:
+		for i := range w.o.Burst {
+			if _, err := w.control.Say(ctx, sc.ChatID, user.UserID, fmt.Sprintf("burst message %d", i+1)); err != nil {
+				return Result{}, err
+			}
+		}
+		if err := p.handOff(ctx, w.o.Burst); err != nil {
+			return Result{}, err
+		}
+		updates += w.o.Burst
+		if err := w.awaitReplies(ctx, sc.ChatID, updates); err != nil {
+			return Result{}, err
+		}
+	}
+	id := workflows.WorkflowID(cb.BotID, sc.ChatID)
+	if err := w.awaitEnd(ctx, id); err != nil {
+		return Result{}, err
+	}
+	runs, err := Chain(ctx, w.o.Client, id)
+	if err != nil {
+		return Result{}, err
+	}
+	replies, err := w.replies(ctx, sc.ChatID)
+	if err != nil {
+		return Result{}, err
+	}
+	c := CountChain(runs)
+	return Result{
+		Agent: agent, Pattern: pattern, Updates: updates, Replies: replies, Cost: c, WorkflowID: id,
+		EventsPerUpdate:  round2(float64(c.Events) / float64(updates)),
+		ActionsPerUpdate: round2(float64(c.Actions) / float64(updates)),
+	}, nil
+}
+
+func round2(f float64) float64 { return math.Round(f*100) / 100 }
+
+// poller stands in for a bot's session: it reads the bot's updates by
+// polling and hands each off, in order, as a session lane does.
+type poller struct {
+	w      *world
+	bot    string
+	tok    vault.Token
+	offset buko.UpdateID
+}
+
+// handOff reads n more updates of the bot and hands them off one by one.
+func (p *poller) handOff(ctx context.Context, n int) error {
+	var got []buko.Update
+	for len(got) < n {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		us, err := p.w.api.GetUpdates(pctx, p.tok, buko.GetUpdatesParams{Offset: p.offset, Timeout: 1})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if buko.IsRetryable(err) {
+				continue
+			}
+			return fmt.Errorf("getUpdates: %w", err)
+		}
+		for _, u := range us {
+			got = append(got, u)
+			p.offset = u.UpdateID.Next()
+		}
+	}
+	for _, u := range got {
+		if err := p.w.handoff.Handoff(ctx, p.bot, u); err != nil {
+			return fmt.Errorf("handoff of %s: %w", u.UpdateID, err)
+		}
+	}
+	return nil
+}
+
+func (w *world) replies(ctx context.Context, chatID string) (int, error) {
+	tr, err := w.control.Transcript(ctx, chatID, "")
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range tr {
+		if m.FromKind == "bot" {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// pollEvery is how often Run looks at a transcript or a workflow's status.
+const pollEvery = 5 * time.Millisecond
+
+func (w *world) awaitReplies(ctx context.Context, chatID string, want int) error {
+	for {
+		n, err := w.replies(ctx, chatID)
+		if err != nil {
+			return err
+		}
+		if n >= want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d replies of %d: %w", n, want, ctx.Err())
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// awaitEnd waits until the chain's latest run has completed (its quiet time passed).
+func (w *world) awaitEnd(ctx context.Context, id string) error {
+	for {
+		d, err := w.o.Client.DescribeWorkflowExecution(ctx, id, "")
+		if err != nil {
+			return err
+		}
+		st := d.GetWorkflowExecutionInfo().GetStatus()
+		switch st {
+		case enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+			return nil
+		case enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING, enumspb.WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW:
+		default:
+			return fmt.Errorf("workflow %s ended %s", id, st)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("workflow %s still %s: %w", id, st, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// ---- the run's own services and stores ----
+
+// benchSecretRef is the (sealed-shaped) secret reference of the run's agents;
+// benchSecrets resolves it.
+const benchSecretRef = "bench:v1:history-cost"
+
+type benchSecrets struct{}
+
+func (benchSecrets) Secret(_ context.Context, _, ref string) (string, error) {
+	if ref != benchSecretRef {
+		return "", fmt.Errorf("historycost: unknown secret reference")
+	}
+	return "history-cost-secret-0123456789", nil
+}
+
+// httpAgentService answers the http agent's call like echo: every text
+// message gets "you said: …" as a reply to it.
+func httpAgentService(w http.ResponseWriter, r *http.Request) {
+	var req agents.HTTPRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	reply := agents.HTTPReply{Actions: []agents.Action{}}
+	if m := req.Update.Message; m != nil && m.Text != "" {
+		reply.Actions = append(reply.Actions, agents.Action{Type: agents.ActionSend, Text: "you said: " + m.Text, ReplyToMessageID: m.MessageID})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(reply)
+}
+
+// openAIService is an OpenAI-compatible chat-completions endpoint that
+// answers with the number of messages it was given.
+func openAIService(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Messages []json.RawMessage `json:"messages"`
+	}
+	if r.URL.Path != "/v1/chat/completions" || json.NewDecoder(io.LimitReader(r.Body, 4<<20)).Decode(&req) != nil {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"choices": []any{map[string]any{"message": map[string]string{"role": "assistant", "content": fmt.Sprintf("answer to %d messages", len(req.Messages))}}},
+	})
+}
+
+type tokens struct {
+	mu sync.Mutex
+	m  map[string]vault.Token
+}
+
+func (t *tokens) set(botID string, tok vault.Token) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m[botID] = tok
+}
+
+func (t *tokens) Token(_ context.Context, botID string) (buko.Credential, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tok, ok := t.m[botID]
+	if !ok {
+		return nil, fmt.Errorf("token of %s: %w", botID, workflows.ErrBotNotFound)
+	}
+	return tok, nil
+}
+
+func (t *tokens) Invalidate(string) {}
+
+type directory struct {
+	mu sync.Mutex
+	m  map[string]workflows.BotSpec
+}
+
+func (d *directory) set(s workflows.BotSpec) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.m[s.ID] = s
+}
+
+func (d *directory) Bot(_ context.Context, botID string) (workflows.BotSpec, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, ok := d.m[botID]
+	if !ok {
+		return workflows.BotSpec{}, workflows.ErrBotNotFound
+	}
+	return s, nil
+}
+
+// Dial connects to Temporal with the payload codec and a fresh random key:
+// the run's workflows are its own, nothing else needs to read them.
+func Dial(ctx context.Context, address, namespace string, log zerolog.Logger) (client.Client, error) {
+	k, err := codec.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	kr, err := codec.NewKeyring("history-cost", map[string][]byte{"history-cost": k})
+	if err != nil {
+		return nil, err
+	}
+	return workflows.Dial(ctx, workflows.DialOptions{Address: address, Namespace: namespace, Keys: kr, Logger: log})
+}
+
+// WriteText prints results as a table: per chat, updates, events and actions
+// in all and per update, and the events by type.
+func WriteText(w io.Writer, results []Result) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "agent\tchat\tupdates\treplies\truns\tevents\tevents/update\tactions\tactions/update\tevents by type")
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%.2f\t%d\t%.2f\t%s\n", r.Agent, r.Pattern, r.Updates, r.Replies, r.Cost.Runs,
+			r.Cost.Events, r.EventsPerUpdate, r.Cost.Actions, r.ActionsPerUpdate, top(r.Cost.ByEvent, 20))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nactions by kind:")
+	for _, r := range results {
+		fmt.Fprintf(w, "  %s %s: %s\n", r.Agent, r.Pattern, top(r.Cost.ByKind, 20))
+	}
+	return nil
+}
