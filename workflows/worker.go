@@ -28,9 +28,13 @@ type WorkerOptions struct {
 	// only as long as the chat's workflow chain (tests, tools).
 	Marks ChatMarks
 
-	Agents  agents.Registry // nil: agents.Builtin()
-	Secrets agents.Secrets  // resolves secret references in agent configs; may be nil
-	HTTP    *http.Client    // for agents' outbound calls; nil: a client without a global timeout (agents set their own)
+	Agents agents.Registry // nil: agents.Builtin()
+	// LocalAgents are the agent kinds run as local activities (in the
+	// workflow task, with a fallback to regular activities): fast agents of
+	// the worker itself. Nil: echo.
+	LocalAgents []string
+	Secrets     agents.Secrets // resolves secret references in agent configs; may be nil
+	HTTP        *http.Client   // for agents' outbound calls; nil: a client without a global timeout (agents set their own)
 
 	// PerBotConcurrency bounds the activities of one bot running at once in
 	// this worker (fairness between bots). Default: a quarter of
@@ -80,10 +84,14 @@ func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
 	if o.MaxQuotaWait <= 0 {
 		o.MaxQuotaWait = 3 * time.Second
 	}
+	if o.LocalAgents == nil {
+		o.LocalAgents = []string{"echo"}
+	}
 	o.Metrics.allowTaskQueue(o.TaskQueue)
 	acts := &Activities{
 		bots:    o.Bots,
 		marks:   o.Marks,
+		local:   o.LocalAgents,
 		tokens:  o.Tokens,
 		api:     o.API,
 		pool:    newAgentPool(o.Agents, agents.Env{HTTP: o.HTTP, Secrets: o.Secrets, Logger: o.Logger}),
@@ -117,6 +125,7 @@ func Register(r Registry, acts *Activities) {
 	}
 	for name, fn := range map[string]any{
 		ActivityAgent:           acts.RunAgent,
+		ActivityRespond:         acts.Respond,
 		ActivitySendMessage:     acts.SendMessage,
 		ActivitySendChatAction:  acts.SendChatAction,
 		ActivityEditMessageText: acts.EditMessageText,

@@ -73,7 +73,7 @@ namespace until its retention ends: run it against a dev or test server.`,
 	f.StringVar(&agentList, "agents", "echo,http,openai", "agents to measure, comma-separated: echo, http, openai")
 	f.IntVar(&quiet, "quiet", 20, "messages of the quiet chat, one at a time (at most 28)")
 	f.IntVar(&burst, "burst", 20, "messages of the busy chat, all at once (at most 28)")
-	f.DurationVar(&idle, "idle", 3*time.Second, "the chats' quiet time: each chain ends this long after its last update")
+	f.DurationVar(&idle, "idle", 10*time.Second, "the chats' quiet time: each chain ends this long after its last update")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "the most one chat may take")
 	f.StringVarP(&output, "output", "o", "text", "output: text or json")
 	envFlag(f, "temporal-address", "TEMPORAL_ADDRESS")

@@ -47,7 +47,9 @@ type Options struct {
 	// greeting comes first and counts as an update too.
 	Quiet, Burst int
 	// IdleTimeout is the chats' quiet time: the run waits for every chain to
-	// end (so its whole history is counted); default 3 s.
+	// end (so its whole history is counted). Default 10 s: longer than a
+	// chat takes, as the production 30 min are, so that the quiet-time
+	// timer fires only at the end.
 	IdleTimeout time.Duration
 	// Timeout bounds each chat (default 2 min).
 	Timeout time.Duration
@@ -58,8 +60,9 @@ type Options struct {
 type Result struct {
 	Agent            string  `json:"agent"`
 	Pattern          string  `json:"pattern"`
-	Updates          int     `json:"updates"` // handed off, the /start greeting included
-	Replies          int     `json:"replies"` // the bot's messages in the chat at the end
+	Messages         int     `json:"messages"` // the user's messages, the /start greeting included
+	Updates          int     `json:"updates"`  // updates handed off: the messages and any others of the chat (the bot joining it)
+	Replies          int     `json:"replies"`  // the bot's messages in the chat at the end
 	Cost             Cost    `json:"cost"`
 	EventsPerUpdate  float64 `json:"events_per_update"`
 	ActionsPerUpdate float64 `json:"actions_per_update"`
@@ -94,7 +97,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 		return nil, errors.New("historycost: at most 28 messages per chat (one bot's send burst)")
 	}
 	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 3 * time.Second
+		o.IdleTimeout = 10 * time.Second
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 2 * time.Minute
@@ -238,21 +241,21 @@ func (w *world) chat(ctx context.Context, agent, pattern string) (Result, error)
 	if err := p.handOff(ctx, 1); err != nil {
 		return Result{}, err
 	}
-	if err := w.awaitReplies(ctx, sc.ChatID, 1); err != nil {
+	messages := 1
+	if err := w.awaitReplies(ctx, sc.ChatID, messages); err != nil {
 		return Result{}, err
 	}
-	updates := 1
 	switch pattern {
 	case Quiet:
 		for i := range w.o.Quiet {
 			if _, err := w.control.Say(ctx, sc.ChatID, user.UserID, fmt.Sprintf("quiet message %d", i+1)); err != nil {
 				return Result{}, err
 			}
+			messages++
 			if err := p.handOff(ctx, 1); err != nil {
 				return Result{}, err
 			}
-			updates++
-			if err := w.awaitReplies(ctx, sc.ChatID, updates); err != nil {
+			if err := w.awaitReplies(ctx, sc.ChatID, messages); err != nil {
 				return Result{}, err
 			}
 		}
@@ -262,11 +265,11 @@ func (w *world) chat(ctx context.Context, agent, pattern string) (Result, error)
 				return Result{}, err
 			}
 		}
+		messages += w.o.Burst
 		if err := p.handOff(ctx, w.o.Burst); err != nil {
 			return Result{}, err
 		}
-		updates += w.o.Burst
-		if err := w.awaitReplies(ctx, sc.ChatID, updates); err != nil {
+		if err := w.awaitReplies(ctx, sc.ChatID, messages); err != nil {
 			return Result{}, err
 		}
 	}
@@ -283,8 +286,9 @@ func (w *world) chat(ctx context.Context, agent, pattern string) (Result, error)
 		return Result{}, err
 	}
 	c := CountChain(runs)
+	updates := p.handed
 	return Result{
-		Agent: agent, Pattern: pattern, Updates: updates, Replies: replies, Cost: c, WorkflowID: id,
+		Agent: agent, Pattern: pattern, Messages: messages, Updates: updates, Replies: replies, Cost: c, WorkflowID: id,
 		EventsPerUpdate:  round2(float64(c.Events) / float64(updates)),
 		ActionsPerUpdate: round2(float64(c.Actions) / float64(updates)),
 	}, nil
@@ -299,9 +303,11 @@ type poller struct {
 	bot    string
 	tok    vault.Token
 	offset buko.UpdateID
+	handed int
 }
 
-// handOff reads n more updates of the bot and hands them off one by one.
+// handOff reads at least n more updates of the bot (all it gets) and hands
+// them off one by one.
 func (p *poller) handOff(ctx context.Context, n int) error {
 	var got []buko.Update
 	for len(got) < n {
@@ -326,6 +332,7 @@ func (p *poller) handOff(ctx context.Context, n int) error {
 		if err := p.w.handoff.Handoff(ctx, p.bot, u); err != nil {
 			return fmt.Errorf("handoff of %s: %w", u.UpdateID, err)
 		}
+		p.handed++
 	}
 	return nil
 }
@@ -496,9 +503,9 @@ func Dial(ctx context.Context, address, namespace string, log zerolog.Logger) (c
 // in all and per update, and the events by type.
 func WriteText(w io.Writer, results []Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "agent\tchat\tupdates\treplies\truns\tevents\tevents/update\tactions\tactions/update\tevents by type")
+	fmt.Fprintln(tw, "agent\tchat\tmessages\tupdates\treplies\truns\tevents\tevents/update\tactions\tactions/update\tevents by type")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%.2f\t%d\t%.2f\t%s\n", r.Agent, r.Pattern, r.Updates, r.Replies, r.Cost.Runs,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.2f\t%d\t%.2f\t%s\n", r.Agent, r.Pattern, r.Messages, r.Updates, r.Replies, r.Cost.Runs,
 			r.Cost.Events, r.EventsPerUpdate, r.Cost.Actions, r.ActionsPerUpdate, top(r.Cost.ByEvent, 20))
 	}
 	if err := tw.Flush(); err != nil {
