@@ -29,7 +29,7 @@ type fakeActs struct {
 	sent      []string
 	failAgent map[buko.UpdateID]error
 	failSend  map[string]error
-	mark      buko.UpdateID   // the chat's durable watermark (one chat)
+	mark      buko.UpdateID // the chat's durable watermark (one chat)
 	// agentHook and sendHook, when set, replace agent and send inside the fake Respond.
 	agentHook func(context.Context, AgentInput) (AgentOutput, error)
 	sendHook  func(context.Context, ActionInput) (ActionResult, error)
