@@ -60,6 +60,13 @@ type Worker struct {
 
 // NewWorker builds a worker on client c; Start or Run runs it.
 func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
+	return newWorker(c, o, ChatWorkflow)
+}
+
+// chatWorkflowFunc is ChatWorkflow's signature (tests register older code paths under its name).
+type chatWorkflowFunc = func(workflow.Context, ChatInput) (ChatResult, error)
+
+func newWorker(c client.Client, o WorkerOptions, wf chatWorkflowFunc) (*Worker, error) {
 	if c == nil || o.Bots == nil || o.Tokens == nil || o.API == nil {
 		return nil, errors.New("workflows: NewWorker needs a client, Bots, Tokens and API")
 	}
@@ -107,7 +114,7 @@ func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
 		MaxConcurrentWorkflowTaskPollers:       8,
 		MaxConcurrentActivityTaskPollers:       8,
 	})
-	Register(w, acts)
+	registerChat(w, acts, wf)
 	return &Worker{w: w, acts: acts}, nil
 }
 
@@ -118,8 +125,10 @@ type Registry interface {
 }
 
 // Register registers ChatWorkflow and, when acts is not nil, the activities under their stable names.
-func Register(r Registry, acts *Activities) {
-	r.RegisterWorkflowWithOptions(ChatWorkflow, workflow.RegisterOptions{Name: ChatWorkflowName})
+func Register(r Registry, acts *Activities) { registerChat(r, acts, ChatWorkflow) }
+
+func registerChat(r Registry, acts *Activities, wf chatWorkflowFunc) {
+	r.RegisterWorkflowWithOptions(wf, workflow.RegisterOptions{Name: ChatWorkflowName})
 	if acts == nil {
 		return
 	}

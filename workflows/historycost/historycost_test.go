@@ -87,7 +87,7 @@ func TestUpdateCostGoal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	res, err := Run(ctx, Options{Client: c, Logger: zerolog.Nop(), Agents: []string{"echo", "http"}, IdleTimeout: 5 * time.Second})
+	res, err := Run(ctx, Options{Client: c, Logger: zerolog.Nop(), Agents: []string{"echo", "http"}, IdleTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
