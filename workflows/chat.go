@@ -102,6 +102,7 @@ type chat struct {
 	idle       workflow.Future // the quiet-time timer, while one is armed (lean)
 	lastActive time.Time       // when the last updates were answered (lean)
 	taken      time.Time       // when the last updates were taken (lean)
+	localRan   bool            // a local Respond ran since the last flush (lean)
 }
 
 // SignalSize is the size by which runs and the Handoff measure an update
@@ -195,6 +196,17 @@ func (c *chat) run(ctx workflow.Context) (ChatResult, error) {
 			c.process(ctx, u)
 		}
 		if c.shouldContinueAsNew(ctx) {
+			if c.localRan {
+				// Local activities are recorded only when their workflow task
+				// completes, and Temporal refuses a completion that closes
+				// the run while a signal is arriving, replaying the task: a
+				// local Respond of this task would run, and send, again. A
+				// short timer ends this task first, without closing anything.
+				if err := workflow.Sleep(ctx, time.Millisecond); err != nil {
+					return c.result(), err
+				}
+				c.localRan = false
+			}
 			c.drain(ctx, updates)
 			if c.bounded && !c.carryFits() {
 				// Carrying this backlog could exceed Temporal's payload limit,

@@ -138,6 +138,7 @@ func (c *chat) respondLocal(ctx workflow.Context, batch []UpdateSignal, busy boo
 		in.Linger = linger
 	}
 	var res RespondResult
+	c.localRan = true
 	err := workflow.ExecuteLocalActivity(lctx, ActivityRespond, in).Get(ctx, &res)
 	if err != nil {
 		workflow.GetLogger(ctx).Debug("local respond failed; regular activity instead", "error_type", errorType(err))

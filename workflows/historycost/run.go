@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -77,90 +78,15 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	if o.Client == nil {
 		return nil, errors.New("historycost: Run needs a client")
 	}
-	if len(o.Agents) == 0 {
-		o.Agents = []string{"echo", "http", "openai"}
-	}
-	for _, a := range o.Agents {
-		if a != "echo" && a != "http" && a != "openai" {
-			return nil, fmt.Errorf("historycost: agent %q: want echo, http or openai", a)
-		}
-	}
-	if o.Quiet <= 0 {
-		o.Quiet = 20
-	}
-	if o.Burst <= 0 {
-		o.Burst = 20
-	}
-	if o.Quiet > 28 || o.Burst > 28 {
-		// The official tier's burst is 30 sends a minute: past it the worker
-		// paces sends (retries with delays), which is a quota, not a cost, figure.
-		return nil, errors.New("historycost: at most 28 messages per chat (one bot's send burst)")
-	}
-	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 10 * time.Second
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 2 * time.Minute
-	}
-	if o.TaskQueue == "" {
-		o.TaskQueue = fmt.Sprintf("history-cost-%d", time.Now().UnixNano())
-	}
-
-	var servers []*http.Server
-	defer func() {
-		for _, s := range servers {
-			_ = s.Close()
-		}
-	}()
-	serve := func(h http.Handler) (string, error) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", fmt.Errorf("historycost: listen: %w", err)
-		}
-		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-		servers = append(servers, s)
-		go func() { _ = s.Serve(ln) }()
-		return "http://" + ln.Addr().String(), nil
-	}
-	simSrv := sim.New(sim.Options{})
-	defer simSrv.Close()
-	simURL, err := serve(simSrv)
+	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	httpURL, err := serve(http.HandlerFunc(httpAgentService))
+	w, stop, err := start(o)
 	if err != nil {
 		return nil, err
 	}
-	openaiURL, err := serve(http.HandlerFunc(openAIService))
-	if err != nil {
-		return nil, err
-	}
-
-	w := &world{
-		o:       o,
-		api:     buko.NewClient(simURL, nil),
-		control: sim.NewControl(simURL, sim.ControlOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}}),
-		bots:    &directory{m: map[string]workflows.BotSpec{}},
-		tokens:  &tokens{m: map[string]vault.Token{}},
-		configs: map[string]json.RawMessage{
-			"echo":   nil,
-			"http":   json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":%q}`, httpURL+"/agent", benchSecretRef)),
-			"openai": json.RawMessage(fmt.Sprintf(`{"base_url":%q,"model":"bench","api_key":%q}`, openaiURL+"/v1", benchSecretRef)),
-		},
-	}
-	wk, err := workflows.NewWorker(o.Client, workflows.WorkerOptions{
-		TaskQueue: o.TaskQueue, Bots: w.bots, Tokens: w.tokens, API: w.api,
-		Secrets: benchSecrets{}, Logger: o.Logger,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err := wk.Start(); err != nil {
-		return nil, err
-	}
-	defer wk.Stop()
-	w.handoff = workflows.NewHandoff(o.Client, o.TaskQueue).WithSettings(workflows.Settings{IdleTimeout: o.IdleTimeout})
+	defer stop()
 
 	var (
 		mu  sync.Mutex
@@ -201,6 +127,103 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	return out, nil
 }
 
+func (o Options) withDefaults() (Options, error) {
+	if len(o.Agents) == 0 {
+		o.Agents = []string{"echo", "http", "openai"}
+	}
+	for _, a := range o.Agents {
+		if a != "echo" && a != "http" && a != "openai" {
+			return o, fmt.Errorf("historycost: agent %q: want echo, http or openai", a)
+		}
+	}
+	if o.Quiet <= 0 {
+		o.Quiet = 20
+	}
+	if o.Burst <= 0 {
+		o.Burst = 20
+	}
+	if o.Quiet > 28 || o.Burst > 28 {
+		// The official tier's burst is 30 sends a minute: past it the worker
+		// paces sends (retries with delays), which is a quota, not a cost, figure.
+		return o, errors.New("historycost: at most 28 messages per chat (one bot's send burst)")
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 10 * time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	if o.TaskQueue == "" {
+		o.TaskQueue = fmt.Sprintf("history-cost-%d", time.Now().UnixNano())
+	}
+
+	return o, nil
+}
+
+// start starts the run's simulator, agent services and worker.
+func start(o Options) (*world, func(), error) {
+	var servers []*http.Server
+	simSrv := sim.New(sim.Options{})
+	stop := func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+		simSrv.Close()
+	}
+	fail := func(err error) (*world, func(), error) {
+		stop()
+		return nil, nil, err
+	}
+	serve := func(h http.Handler) (string, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", fmt.Errorf("historycost: listen: %w", err)
+		}
+		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, s)
+		go func() { _ = s.Serve(ln) }()
+		return "http://" + ln.Addr().String(), nil
+	}
+	simURL, err := serve(simSrv)
+	if err != nil {
+		return fail(err)
+	}
+	httpURL, err := serve(http.HandlerFunc(httpAgentService))
+	if err != nil {
+		return fail(err)
+	}
+	openaiURL, err := serve(http.HandlerFunc(openAIService))
+	if err != nil {
+		return fail(err)
+	}
+
+	w := &world{
+		o:       o,
+		api:     buko.NewClient(simURL, nil),
+		control: sim.NewControl(simURL, sim.ControlOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}}),
+		bots:    &directory{m: map[string]workflows.BotSpec{}},
+		tokens:  &tokens{m: map[string]vault.Token{}},
+		configs: map[string]json.RawMessage{
+			"echo":   nil,
+			"http":   json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":%q}`, httpURL+"/agent", benchSecretRef)),
+			"openai": json.RawMessage(fmt.Sprintf(`{"base_url":%q,"model":"bench","api_key":%q}`, openaiURL+"/v1", benchSecretRef)),
+		},
+	}
+	wk, err := workflows.NewWorker(o.Client, workflows.WorkerOptions{
+		TaskQueue: o.TaskQueue, Bots: w.bots, Tokens: w.tokens, API: w.api,
+		Secrets: benchSecrets{}, Logger: o.Logger,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if err := wk.Start(); err != nil {
+		return fail(err)
+	}
+	w.handoff = workflows.NewHandoff(o.Client, o.TaskQueue).WithSettings(workflows.Settings{IdleTimeout: o.IdleTimeout})
+	return w, func() { wk.Stop(); stop() }, nil
+
+}
+
 // world is what Run's chats share.
 type world struct {
 	o       Options
@@ -210,29 +233,14 @@ type world struct {
 	tokens  *tokens
 	handoff *workflows.Handoff
 	configs map[string]json.RawMessage
+	seq     atomic.Int64
 }
 
 // chat plays one chat: a bot of its own (so its send quota is its own), a user,
 // the /start greeting, then the messages; it waits for every reply and for the
 // chain's end, and counts the chain.
 func (w *world) chat(ctx context.Context, agent, pattern string) (Result, error) {
-	handle := fmt.Sprintf("cost_%s_%s_%d", agent, pattern, time.Now().UnixNano()%1_000_000)
-	cb, err := w.control.CreateBot(ctx, sim.BotSettings{Handle: handle, DisplayName: "Cost " + agent})
-	if err != nil {
-		return Result{}, err
-	}
-	tok, err := vault.ParseToken(cb.Token)
-	if err != nil {
-		return Result{}, err
-	}
-	w.tokens.set(cb.BotID, tok)
-	w.bots.set(workflows.BotSpec{ID: cb.BotID, Handle: handle, DisplayName: "Cost " + agent, Tier: workflows.TierOfficial,
-		Agent: agent, AgentConfig: w.configs[agent]})
-	user, err := w.control.CreateUser(ctx, "cost "+handle, "")
-	if err != nil {
-		return Result{}, err
-	}
-	sc, err := w.control.OpenPrivateChat(ctx, user.UserID, cb.BotID)
+	cb, tok, user, sc, err := w.newChat(ctx, agent, pattern)
 	if err != nil {
 		return Result{}, err
 	}
@@ -295,6 +303,34 @@ func (w *world) chat(ctx context.Context, agent, pattern string) (Result, error)
 }
 
 func round2(f float64) float64 { return math.Round(f*100) / 100 }
+
+// newChat creates a bot of its own for agent (in the simulator and the
+// run's directory), a user and their private chat (the /start greeting).
+func (w *world) newChat(ctx context.Context, agent, tag string) (sim.CreatedBot, vault.Token, sim.UserView, sim.StartedChat, error) {
+	var (
+		tok  vault.Token
+		user sim.UserView
+		sc   sim.StartedChat
+	)
+	handle := fmt.Sprintf("cost_%s_%s_%d", agent, tag, w.seq.Add(1))
+	cb, err := w.control.CreateBot(ctx, sim.BotSettings{Handle: handle, DisplayName: "Cost " + agent})
+	if err != nil {
+		return cb, tok, user, sc, err
+	}
+	tok, err = vault.ParseToken(cb.Token)
+	if err != nil {
+		return cb, tok, user, sc, err
+	}
+	w.tokens.set(cb.BotID, tok)
+	w.bots.set(workflows.BotSpec{ID: cb.BotID, Handle: handle, DisplayName: "Cost " + agent, Tier: workflows.TierOfficial,
+		Agent: agent, AgentConfig: w.configs[agent]})
+	user, err = w.control.CreateUser(ctx, "cost "+handle, "")
+	if err != nil {
+		return cb, tok, user, sc, err
+	}
+	sc, err = w.control.OpenPrivateChat(ctx, user.UserID, cb.BotID)
+	return cb, tok, user, sc, err
+}
 
 // poller stands in for a bot's session: it reads the bot's updates by
 // polling and hands each off, in order, as a session lane does.
