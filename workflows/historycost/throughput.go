@@ -69,13 +69,14 @@ func Throughput(ctx context.Context, o Options, chats, messages int) (Throughput
 	for _, c := range cs {
 		g.Go(func() error {
 			for i := range messages {
-				if _, err := w.control.Say(gctx, c.chatID, c.userID, fmt.Sprintf("load %d", i+1)); err != nil {
+				id, err := w.control.Say(gctx, c.chatID, c.userID, fmt.Sprintf("load %d", i+1))
+				if err != nil {
 					return err
 				}
 				if err := c.p.handOff(gctx, 1); err != nil {
 					return err
 				}
-				if err := w.awaitReplies(gctx, c.chatID, i+2); err != nil {
+				if err := w.awaitReplyTo(gctx, c.chatID, id); err != nil {
 					return err
 				}
 			}
@@ -90,4 +91,28 @@ func Throughput(ctx context.Context, o Options, chats, messages int) (Throughput
 		Chats: chats, Messages: chats * messages, ElapsedSeconds: math.Round(el.Seconds()*100) / 100,
 		RepliesPerSec: math.Round(float64(chats*messages)/el.Seconds()*10) / 10,
 	}, nil
+}
+
+// loadPoll is how often Throughput looks for a reply (the transcript after
+// the message only, so a look costs the same however long the chat is).
+const loadPoll = 10 * time.Millisecond
+
+// awaitReplyTo waits for the bot's reply to message id.
+func (w *world) awaitReplyTo(ctx context.Context, chatID, id string) error {
+	for {
+		tr, err := w.control.Transcript(ctx, chatID, id)
+		if err != nil {
+			return err
+		}
+		for _, m := range tr {
+			if m.FromKind == "bot" && m.ReplyToMessageID == id {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no reply to %s: %w", id, ctx.Err())
+		case <-time.After(loadPoll):
+		}
+	}
 }
