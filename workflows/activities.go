@@ -23,6 +23,7 @@ import (
 type Activities struct {
 	bots    BotDirectory
 	marks   ChatMarks // nil: no watermark beyond a workflow's life
+	local   []string  // agent kinds run as local activities
 	tokens  Tokens
 	api     *buko.Client
 	pool    *agentPool
@@ -79,14 +80,24 @@ func (a *Activities) RunAgent(ctx context.Context, in AgentInput) (AgentOutput, 
 		return AgentOutput{}, err
 	}
 	defer release()
+	actions, err := a.runAgent(ctx, spec, in)
+	if err != nil {
+		return AgentOutput{}, err
+	}
+	return AgentOutput{Actions: actions}, nil
+}
+
+// runAgent runs spec's agent on one update; an error that retrying cannot
+// fix is a non-retryable AGENT_CONFIG or AGENT_BAD_REPLY application error.
+func (a *Activities) runAgent(ctx context.Context, spec BotSpec, in AgentInput) ([]agents.Action, error) {
 	start := time.Now()
 	ag, err := a.pool.get(ctx, spec, a)
 	if err != nil {
 		a.metrics.agentCall(spec.Agent, "config_error", time.Since(start))
 		if permanent.Is(err) {
-			return AgentOutput{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeAgentConfig, nil)
+			return nil, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeAgentConfig, nil)
 		}
-		return AgentOutput{}, err
+		return nil, err
 	}
 	req := agents.Request{
 		Bot:    agents.Bot{ID: spec.ID, Handle: spec.Handle, DisplayName: spec.DisplayName},
@@ -105,13 +116,13 @@ func (a *Activities) RunAgent(ctx context.Context, in AgentInput) (AgentOutput, 
 		if permanent.Is(err) {
 			a.metrics.agentCall(spec.Agent, "permanent", time.Since(start))
 			a.log.Warn().Str("bot_id", spec.ID).Str("update_id", string(in.Update.UpdateID)).Str("agent", spec.Agent).Err(err).Msg("agent failed for good")
-			return AgentOutput{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeAgentReply, nil)
+			return nil, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeAgentReply, nil)
 		}
 		a.metrics.agentCall(spec.Agent, "retry", time.Since(start))
-		return AgentOutput{}, fmt.Errorf("agent %s: %w", spec.Agent, err)
+		return nil, fmt.Errorf("agent %s: %w", spec.Agent, err)
 	}
 	a.metrics.agentCall(spec.Agent, "ok", time.Since(start))
-	return AgentOutput{Actions: actions}, nil
+	return actions, nil
 }
 
 // LoadChatMark returns the chat's durable watermark ("" without one or
@@ -160,8 +171,8 @@ func (a *Activities) typing(ctx context.Context, spec BotSpec, chatID string) er
 	return err
 }
 
-// send is the common path of every Bot API activity.
-func (a *Activities) send(ctx context.Context, method string, class int, in ActionInput, call func(context.Context, buko.Credential) (*buko.Message, error)) (ActionResult, error) {
+// send is the common path of every Bot API activity: one action of type typ.
+func (a *Activities) send(ctx context.Context, typ string, in ActionInput) (ActionResult, error) {
 	if in.ChatID == "" {
 		return ActionResult{}, temporal.NewNonRetryableApplicationError("activity input has no chat_id", ErrTypeBadInput, nil)
 	}
@@ -173,7 +184,19 @@ func (a *Activities) send(ctx context.Context, method string, class int, in Acti
 		return ActionResult{}, err
 	}
 	defer release()
-	delay, err := a.quotas.wait(ctx, spec.ID, spec.Tier, class)
+	return a.perform(ctx, spec, typ, in, a.quotas.maxWait)
+}
+
+// perform makes one Bot API call for an action of type typ of bot spec: the
+// tier quota (waiting at most maxWait in the worker; a longer wait is a
+// QUOTA_WAIT error with its delay), the token, the call, its metrics, and
+// the error mapping of apiError. The bot's slot is the caller's.
+func (a *Activities) perform(ctx context.Context, spec BotSpec, typ string, in ActionInput, maxWait time.Duration) (ActionResult, error) {
+	method, class, call, ok := a.callFor(typ, in)
+	if !ok {
+		return ActionResult{}, temporal.NewNonRetryableApplicationError("unknown action type", ErrTypeBadInput, nil)
+	}
+	delay, err := a.quotas.waitUpTo(ctx, spec.ID, spec.Tier, class, maxWait)
 	if err != nil {
 		return ActionResult{}, err
 	}
@@ -200,6 +223,41 @@ func (a *Activities) send(ctx context.Context, method string, class int, in Acti
 		return ActionResult{}, nil
 	}
 	return ActionResult{MessageID: msg.MessageID}, nil
+}
+
+// callFor is the Bot API method, quota class and call of an action of type typ.
+func (a *Activities) callFor(typ string, in ActionInput) (string, int, func(context.Context, buko.Credential) (*buko.Message, error), bool) {
+	switch typ {
+	case agents.ActionSend:
+		return "sendMessage", classMessage, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
+			return a.api.SendMessage(ctx, cred, buko.SendMessageParams{ChatID: in.ChatID, Text: in.Action.Text, ReplyToMessageID: in.Action.ReplyToMessageID})
+		}, true
+	case agents.ActionTyping:
+		action := in.Action.ChatAction
+		if action == "" {
+			action = buko.ActionTyping
+		}
+		return "sendChatAction", classAction, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
+			return nil, a.api.SendChatAction(ctx, cred, in.ChatID, action)
+		}, true
+	case agents.ActionEdit:
+		return "editMessageText", classFree, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
+			return a.api.EditMessageText(ctx, cred, buko.EditMessageTextParams{ChatID: in.ChatID, MessageID: in.Action.MessageID, Text: in.Action.Text})
+		}, true
+	case agents.ActionDelete:
+		return "deleteMessage", classFree, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
+			return nil, a.api.DeleteMessage(ctx, cred, in.ChatID, in.Action.MessageID)
+		}, true
+	case agents.ActionPhoto:
+		return "sendPhoto", classMessage, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
+			return a.api.SendPhoto(ctx, cred, mediaParams(in))
+		}, true
+	case agents.ActionDocument:
+		return "sendDocument", classMessage, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
+			return a.api.SendDocument(ctx, cred, mediaParams(in))
+		}, true
+	}
+	return "", 0, nil, false
 }
 
 // resultOf is the result label of a Bot API call: ok, rate_limited, retry
@@ -275,48 +333,32 @@ func (a *Activities) apiError(botID string, err error) error {
 
 // SendMessage performs a "send" action.
 func (a *Activities) SendMessage(ctx context.Context, in ActionInput) (ActionResult, error) {
-	return a.send(ctx, "sendMessage", classMessage, in, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
-		return a.api.SendMessage(ctx, cred, buko.SendMessageParams{ChatID: in.ChatID, Text: in.Action.Text, ReplyToMessageID: in.Action.ReplyToMessageID})
-	})
+	return a.send(ctx, agents.ActionSend, in)
 }
 
 // SendChatAction performs a "typing" action.
 func (a *Activities) SendChatAction(ctx context.Context, in ActionInput) (ActionResult, error) {
-	action := in.Action.ChatAction
-	if action == "" {
-		action = buko.ActionTyping
-	}
-	return a.send(ctx, "sendChatAction", classAction, in, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
-		return nil, a.api.SendChatAction(ctx, cred, in.ChatID, action)
-	})
+	return a.send(ctx, agents.ActionTyping, in)
 }
 
 // EditMessageText performs an "edit" action.
 func (a *Activities) EditMessageText(ctx context.Context, in ActionInput) (ActionResult, error) {
-	return a.send(ctx, "editMessageText", classFree, in, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
-		return a.api.EditMessageText(ctx, cred, buko.EditMessageTextParams{ChatID: in.ChatID, MessageID: in.Action.MessageID, Text: in.Action.Text})
-	})
+	return a.send(ctx, agents.ActionEdit, in)
 }
 
 // DeleteMessage performs a "delete" action.
 func (a *Activities) DeleteMessage(ctx context.Context, in ActionInput) (ActionResult, error) {
-	return a.send(ctx, "deleteMessage", classFree, in, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
-		return nil, a.api.DeleteMessage(ctx, cred, in.ChatID, in.Action.MessageID)
-	})
+	return a.send(ctx, agents.ActionDelete, in)
 }
 
 // SendPhoto performs a "photo" action.
 func (a *Activities) SendPhoto(ctx context.Context, in ActionInput) (ActionResult, error) {
-	return a.send(ctx, "sendPhoto", classMessage, in, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
-		return a.api.SendPhoto(ctx, cred, mediaParams(in))
-	})
+	return a.send(ctx, agents.ActionPhoto, in)
 }
 
 // SendDocument performs a "document" action.
 func (a *Activities) SendDocument(ctx context.Context, in ActionInput) (ActionResult, error) {
-	return a.send(ctx, "sendDocument", classMessage, in, func(ctx context.Context, cred buko.Credential) (*buko.Message, error) {
-		return a.api.SendDocument(ctx, cred, mediaParams(in))
-	})
+	return a.send(ctx, agents.ActionDocument, in)
 }
 
 func mediaParams(in ActionInput) buko.SendMediaParams {

@@ -25,6 +25,12 @@ const (
 	// the carry bound, and the durable chat watermark (read by a fresh run,
 	// written before the idle end).
 	versionBoundedRuns = "bounded-runs"
+	// versionLeanTurns (checked once at the start of every run that has
+	// bounded-runs): one quiet-time timer per quiet time, not per update;
+	// the agent and its actions in one Respond activity, local (a batch of
+	// the pending updates in one workflow task) for the agents that run in
+	// the worker (docs/workflows.md, "Event budget").
+	versionLeanTurns = "lean-turns"
 )
 
 // FailureNotice is what a chat is told when its bot's agent could not handle a message.
@@ -47,6 +53,13 @@ const (
 // the history grows large (carrying dedupe state, memory and pending signals)
 // and ends after Settings.IdleTimeout without updates.
 func ChatWorkflow(ctx workflow.Context, in ChatInput) (ChatResult, error) {
+	return chatWorkflow(ctx, in, true)
+}
+
+// chatWorkflow is ChatWorkflow; with leanTurns false it issues the commands
+// of the release before versionLeanTurns (no marker), which tests use to
+// start a workflow on the old code and finish it on the new.
+func chatWorkflow(ctx workflow.Context, in ChatInput, leanTurns bool) (ChatResult, error) {
 	c := &chat{in: in, st: in.State, s: in.Settings.withDefaults()}
 	c.st.Runs = in.State.Runs
 	c.sizes = make([]int, len(c.st.Pending))
@@ -61,6 +74,10 @@ func ChatWorkflow(ctx workflow.Context, in ChatInput) (ChatResult, error) {
 		return ChatResult{}, fmt.Errorf("set query handler: %w", err)
 	}
 	c.bounded = workflow.GetVersion(ctx, versionBoundedRuns, workflow.DefaultVersion, 1) >= 1
+	if c.bounded && leanTurns {
+		c.lean = workflow.GetVersion(ctx, versionLeanTurns, workflow.DefaultVersion, 1) >= 1
+		c.lastActive = workflow.Now(ctx)
+	}
 	if c.bounded && in.State.Runs == 0 && in.State.LastUpdateID == "" {
 		// A fresh chain (not a continue-as-new): what did earlier chains of this chat handle?
 		c.loadMark(ctx)
@@ -80,6 +97,12 @@ type chat struct {
 	signals      int   // signals received in this run
 	signalBytes  int   // their SignalSize sum
 	deferred     bool  // a continue-as-new was deferred in this run (over the carry bound)
+
+	lean       bool            // versionLeanTurns in effect for this run
+	idle       workflow.Future // the quiet-time timer, while one is armed (lean)
+	lastActive time.Time       // when the last updates were answered (lean)
+	taken      time.Time       // when the last updates were taken (lean)
+	localRan   bool            // a local Respond ran since the last flush (lean)
 }
 
 // SignalSize is the size by which runs and the Handoff measure an update
@@ -138,7 +161,11 @@ func (c *chat) run(ctx workflow.Context) (ChatResult, error) {
 		// Take whatever has arrived, without blocking.
 		c.drain(ctx, updates)
 		if len(c.st.Pending) == 0 {
-			got, err := c.awaitUpdate(ctx, updates)
+			await := c.awaitUpdate
+			if c.lean {
+				await = c.awaitLean
+			}
+			got, err := await(ctx, updates)
 			if err != nil {
 				return c.result(), err
 			}
@@ -161,10 +188,25 @@ func (c *chat) run(ctx workflow.Context) (ChatResult, error) {
 			}
 			continue
 		}
-		u := c.pop()
-		c.thisRun++
-		c.process(ctx, u)
+		if c.lean {
+			c.respondPending(ctx)
+		} else {
+			u := c.pop()
+			c.thisRun++
+			c.process(ctx, u)
+		}
 		if c.shouldContinueAsNew(ctx) {
+			if c.localRan {
+				// Local activities are recorded only when their workflow task
+				// completes, and Temporal refuses a completion that closes
+				// the run while a signal is arriving, replaying the task: a
+				// local Respond of this task would run, and send, again. A
+				// short timer ends this task first, without closing anything.
+				if err := workflow.Sleep(ctx, time.Millisecond); err != nil {
+					return c.result(), err
+				}
+				c.localRan = false
+			}
 			c.drain(ctx, updates)
 			if c.bounded && !c.carryFits() {
 				// Carrying this backlog could exceed Temporal's payload limit,
@@ -250,81 +292,15 @@ func (c *chat) carryFits() bool {
 	return len(c.st.Pending) <= c.s.MaxCarryUpdates && c.pendingBytes <= c.s.MaxCarryBytes
 }
 
-func (c *chat) markOptions() workflow.LocalActivityOptions {
-	return workflow.LocalActivityOptions{
-		StartToCloseTimeout:    c.s.SendTimeout,
-		ScheduleToCloseTimeout: c.s.GiveUpAfter,
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:    c.s.RetryInitial,
-			BackoffCoefficient: 2,
-			MaximumInterval:    c.s.RetryMax,
-		},
-	}
-}
-
-// loadMark reads the chat's durable watermark and drops updates at or below
-// it from now on. Without it (the store failed for GiveUpAfter) the run goes
-// on with its own dedupe only, and says so in LastError.
-func (c *chat) loadMark(ctx workflow.Context) {
-	var mark buko.UpdateID
-	lctx := workflow.WithLocalActivityOptions(ctx, c.markOptions())
-	err := workflow.ExecuteLocalActivity(lctx, ActivityLoadChatMark, ChatMarkInput{BotID: c.in.BotID, ChatID: c.in.ChatID}).Get(ctx, &mark)
-	if err != nil {
-		c.st.LastError = "chat watermark not read: " + errorSummary(err)
-		workflow.GetLogger(ctx).Warn("chat watermark not read; dedupe only within this chain", "error_type", errorType(err))
-		return
-	}
-	if !mark.Valid() {
-		return
-	}
-	c.st.Mark = mark
-	if c.st.LastUpdateID == "" || mark.Compare(c.st.LastUpdateID) > 0 {
-		c.st.LastUpdateID = mark
-	}
-}
-
-// saveMark makes LastUpdateID the chat's durable watermark if it grew; false
-// means it could not (the run must not end yet).
-func (c *chat) saveMark(ctx workflow.Context) bool {
-	id := c.st.LastUpdateID
-	if id == "" || (c.st.Mark != "" && id.Compare(c.st.Mark) <= 0) {
-		return true
-	}
-	lctx := workflow.WithLocalActivityOptions(ctx, c.markOptions())
-	err := workflow.ExecuteLocalActivity(lctx, ActivitySaveChatMark, ChatMarkInput{BotID: c.in.BotID, ChatID: c.in.ChatID, ID: id}).Get(ctx, nil)
-	if err != nil {
-		c.st.LastError = "chat watermark not saved: " + errorSummary(err)
-		workflow.GetLogger(ctx).Warn("chat watermark not saved; staying open", "error_type", errorType(err))
-		return false
-	}
-	c.st.Mark = id
-	return true
-}
-
 // process handles one update: dedupe, agent, actions, memory.
 func (c *chat) process(ctx workflow.Context, sig UpdateSignal) {
 	u := sig.Update
 	log := workflow.GetLogger(ctx)
 	metrics := workflow.GetMetricsHandler(ctx)
-	if !u.UpdateID.Valid() || u.ChatID() != c.in.ChatID {
-		// Not from the Handoff (a corrupted or hand-made signal): never let it
-		// touch the dedupe state.
-		c.st.Failures++
-		c.st.LastError = "dropped a signal that is not a valid update of this chat"
-		log.Warn("dropping invalid update signal")
+	if !c.accept(ctx, u, c.st.LastUpdateID) {
 		return
 	}
-	if c.st.LastUpdateID != "" && u.UpdateID.Compare(c.st.LastUpdateID) <= 0 {
-		c.st.Duplicates++
-		metrics.Counter(metricDuplicates).Inc(1)
-		log.Debug("dropping already processed update", "update_id", string(u.UpdateID), "last_update_id", string(c.st.LastUpdateID))
-		return
-	}
-	defer func() {
-		c.st.LastUpdateID = u.UpdateID
-		c.st.Processed++
-		metrics.Counter(metricProcessed).Inc(1)
-	}()
+	defer c.done(ctx, u)
 
 	var out AgentOutput
 	actx := workflow.WithActivityOptions(ctx, c.agentOptions())
@@ -358,6 +334,34 @@ func (c *chat) process(ctx workflow.Context, sig UpdateSignal) {
 		}
 	}
 	c.remember(agents.MessageText(u), sent)
+}
+
+// accept reports whether u is a valid update of this chat above last (the
+// highest update id handled); it counts and logs what it drops.
+func (c *chat) accept(ctx workflow.Context, u buko.Update, last buko.UpdateID) bool {
+	log := workflow.GetLogger(ctx)
+	if !u.UpdateID.Valid() || u.ChatID() != c.in.ChatID {
+		// Not from the Handoff (a corrupted or hand-made signal): never let it
+		// touch the dedupe state.
+		c.st.Failures++
+		c.st.LastError = "dropped a signal that is not a valid update of this chat"
+		log.Warn("dropping invalid update signal")
+		return false
+	}
+	if last != "" && u.UpdateID.Compare(last) <= 0 {
+		c.st.Duplicates++
+		workflow.GetMetricsHandler(ctx).Counter(metricDuplicates).Inc(1)
+		log.Debug("dropping already processed update", "update_id", string(u.UpdateID), "last_update_id", string(last))
+		return false
+	}
+	return true
+}
+
+// done records u as handled (answered, or failed for good).
+func (c *chat) done(ctx workflow.Context, u buko.Update) {
+	c.st.LastUpdateID = u.UpdateID
+	c.st.Processed++
+	workflow.GetMetricsHandler(ctx).Counter(metricProcessed).Inc(1)
 }
 
 // perform runs one action as its activity; false means stop this reply's
@@ -407,16 +411,7 @@ func activityFor(t string) (string, bool) {
 // remember appends the user's text and the bot's replies to the memory and
 // trims it to MemoryTurns turns and MemoryChars characters.
 func (c *chat) remember(user string, replies []string) {
-	if user == "" && len(replies) == 0 {
-		return
-	}
-	if user != "" {
-		c.st.Memory = append(c.st.Memory, agents.Turn{Role: agents.RoleUser, Text: user})
-	}
-	for _, r := range replies {
-		c.st.Memory = append(c.st.Memory, agents.Turn{Role: agents.RoleAssistant, Text: r})
-	}
-	c.st.Memory = trimMemory(c.st.Memory, c.s.MemoryTurns, c.s.MemoryChars)
+	c.st.Memory = appendMemory(c.st.Memory, user, replies, c.s.MemoryTurns, c.s.MemoryChars)
 }
 
 func trimMemory(m []agents.Turn, turns, chars int) []agents.Turn {

@@ -29,7 +29,13 @@ type fakeActs struct {
 	sent      []string
 	failAgent map[buko.UpdateID]error
 	failSend  map[string]error
-	mark      buko.UpdateID   // the chat's durable watermark (one chat)
+	mark      buko.UpdateID // the chat's durable watermark (one chat)
+	// agentHook and sendHook, when set, replace agent and send inside the fake Respond.
+	agentHook func(context.Context, AgentInput) (AgentOutput, error)
+	sendHook  func(context.Context, ActionInput) (ActionResult, error)
+	remote    bool // the fake Respond answers a local call with Remote (a non-local agent)
+	failLocal bool // the fake Respond fails every local call
+	responds  []RespondInput
 	saved     []buko.UpdateID // every SaveChatMark
 	loads     int
 }
@@ -72,6 +78,68 @@ func (f *fakeActs) send(_ context.Context, in ActionInput) (ActionResult, error)
 	return ActionResult{MessageID: fmt.Sprint(len(f.sent))}, nil
 }
 
+// respond is Respond over the fake agent and send: the same contract
+// (turns of a prefix of the updates; stop at the first action not done;
+// agent failures for good as turns; memory grown between the updates).
+func (f *fakeActs) respond(ctx context.Context, in RespondInput) (RespondResult, error) {
+	f.mu.Lock()
+	f.responds = append(f.responds, in)
+	remote := f.remote
+	f.mu.Unlock()
+	if in.Local && remote {
+		return RespondResult{Remote: true}, nil
+	}
+	if in.Local && f.failLocal {
+		return RespondResult{}, errors.New("local respond broke")
+	}
+	agent, send := f.agent, f.send
+	if f.agentHook != nil {
+		agent = f.agentHook
+	}
+	if f.sendHook != nil {
+		send = f.sendHook
+	}
+	out := RespondResult{Local: !remote}
+	memory := in.Memory
+	for _, u := range in.Updates {
+		res, err := agent(ctx, AgentInput{BotID: in.BotID, ChatID: in.ChatID, Update: u.Update, Memory: memory})
+		if err != nil {
+			var ae *temporal.ApplicationError
+			if errors.As(err, &ae) && ae.NonRetryable() {
+				out.Turns = append(out.Turns, Turn{AgentError: ae.Type()})
+				break
+			}
+			if len(out.Turns) == 0 && !in.Local {
+				return RespondResult{}, err
+			}
+			break
+		}
+		turn := Turn{Actions: res.Actions}
+		replied := false
+		for _, a := range res.Actions {
+			ai := ActionInput{BotID: in.BotID, ChatID: in.ChatID, Action: a}
+			if !replied && isReply(a.Type) {
+				ai.ReceivedAt = u.ReceivedAt
+			}
+			if _, err := send(ctx, ai); err != nil {
+				var ae *temporal.ApplicationError
+				if errors.As(err, &ae) && ae.NonRetryable() {
+					turn.ActionError = ae.Type()
+				}
+				break
+			}
+			replied = replied || isReply(a.Type)
+			turn.Done++
+		}
+		out.Turns = append(out.Turns, turn)
+		if turn.Done < len(res.Actions) {
+			break
+		}
+		memory = appendMemory(memory, agents.MessageText(u.Update), sentTexts(res.Actions), in.MemoryTurns, in.MemoryChars)
+	}
+	return out, nil
+}
+
 func newTestEnv(t *testing.T, f *fakeActs) *testsuite.TestWorkflowEnvironment {
 	t.Helper()
 	var s testsuite.WorkflowTestSuite
@@ -80,6 +148,7 @@ func newTestEnv(t *testing.T, f *fakeActs) *testsuite.TestWorkflowEnvironment {
 	env.RegisterWorkflowWithOptions(ChatWorkflow, workflow.RegisterOptions{Name: ChatWorkflowName})
 	env.RegisterActivityWithOptions(f.agent, activity.RegisterOptions{Name: ActivityAgent})
 	env.RegisterActivityWithOptions(f.send, activity.RegisterOptions{Name: ActivitySendMessage})
+	env.RegisterActivityWithOptions(f.respond, activity.RegisterOptions{Name: ActivityRespond})
 	env.RegisterActivityWithOptions(f.loadMark, activity.RegisterOptions{Name: ActivityLoadChatMark})
 	env.RegisterActivityWithOptions(f.saveMark, activity.RegisterOptions{Name: ActivitySaveChatMark})
 	return env

@@ -67,7 +67,9 @@ func TestIntegrationEchoDuplicateProcessedOnce(t *testing.T) {
 		t.Errorf("duplicate metric = %v, want 4", got)
 	}
 	// Two updates were answered: two reply latencies, measured from the handoff
-	// (e.hand passes no receipt time). The SDK's own metrics are forwarded.
+	// (e.hand passes no receipt time). The SDK's own metrics are forwarded
+	// (echo runs as a local activity: the activity metrics are checked with
+	// the http agent, TestIntegrationMalformedAgentReplyRecorded).
 	if n := testutil.CollectAndCount(e.metrics.replyLatency); n != 1 {
 		t.Errorf("reply latency series: %d", n)
 	}
@@ -77,7 +79,6 @@ func TestIntegrationEchoDuplicateProcessedOnce(t *testing.T) {
 	}
 	for _, name := range []string{
 		"agentrunner_temporal_workflow_task_schedule_to_start_latency_seconds",
-		"agentrunner_temporal_activity_schedule_to_start_latency_seconds",
 	} {
 		if f := fams[name]; f == nil || len(f.GetMetric()) == 0 {
 			t.Errorf("%s not forwarded from the SDK", name)
@@ -331,6 +332,10 @@ func TestIntegrationMalformedAgentReplyRecorded(t *testing.T) {
 		r := e.botReplies(chat)
 		return len(r) == 1 && r[0].Text == FailureNotice, fmt.Sprint(replyTexts(r))
 	})
+	// The http agent runs as a regular activity: the SDK's activity metrics are forwarded.
+	if f := gather(t, e.reg)["agentrunner_temporal_activity_schedule_to_start_latency_seconds"]; f == nil || len(f.GetMetric()) == 0 {
+		t.Error("agentrunner_temporal_activity_schedule_to_start_latency_seconds not forwarded from the SDK")
+	}
 }
 
 // TestIntegrationZZHistoryScan runs last: it scans every workflow history of

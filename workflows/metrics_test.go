@@ -51,19 +51,22 @@ func TestUpdateSignalIsCompatibleBothWays(t *testing.T) {
 // replies and the failure notice do not.
 func TestChatWorkflowPassesReceiptTimeToFirstReply(t *testing.T) {
 	var got []ActionInput
-	env := newTestEnv(t, &fakeActs{})
-	env.RegisterActivityWithOptions(func(_ context.Context, in AgentInput) (AgentOutput, error) {
+	f := &fakeActs{}
+	env := newTestEnv(t, f)
+	agent := func(_ context.Context, in AgentInput) (AgentOutput, error) {
 		if agents.MessageText(in.Update) == "fail" {
 			return AgentOutput{}, temporal.NewNonRetryableApplicationError("nope", ErrTypeAgentReply, nil)
 		}
 		return AgentOutput{Actions: []agents.Action{
 			{Type: agents.ActionTyping}, {Type: agents.ActionSend, Text: "a"}, {Type: agents.ActionSend, Text: "b"},
 		}}, nil
-	}, activity.RegisterOptions{Name: ActivityAgent})
+	}
+	env.RegisterActivityWithOptions(agent, activity.RegisterOptions{Name: ActivityAgent})
 	rec := func(_ context.Context, in ActionInput) (ActionResult, error) {
 		got = append(got, in)
 		return ActionResult{}, nil
 	}
+	f.agentHook, f.sendHook = agent, rec // the same, inside Respond
 	env.RegisterActivityWithOptions(rec, activity.RegisterOptions{Name: ActivitySendMessage})
 	env.RegisterActivityWithOptions(rec, activity.RegisterOptions{Name: ActivitySendChatAction})
 	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)

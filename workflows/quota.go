@@ -97,6 +97,11 @@ func (q *quotas) bot(botID, tier string) *botQuota {
 // is not taken: it returns the delay so the caller hands the retry back to
 // Temporal instead of holding a worker slot.
 func (q *quotas) wait(ctx context.Context, botID, tier string, class int) (time.Duration, error) {
+	return q.waitUpTo(ctx, botID, tier, class, q.maxWait)
+}
+
+// waitUpTo is wait with maxWait in place of the worker's (0: never wait).
+func (q *quotas) waitUpTo(ctx context.Context, botID, tier string, class int, maxWait time.Duration) (time.Duration, error) {
 	if class == classFree {
 		return 0, nil
 	}
@@ -120,7 +125,7 @@ func (q *quotas) wait(ctx context.Context, botID, tier string, class int) (time.
 	if delay == 0 {
 		return 0, nil
 	}
-	if delay > q.maxWait {
+	if delay > maxWait {
 		for _, r := range rs {
 			r.CancelAt(now)
 		}

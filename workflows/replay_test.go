@@ -60,7 +60,24 @@ func TestReplayRecordedHistories(t *testing.T) {
 				t.Fatal(err)
 			}
 			r.RegisterWorkflowWithOptions(ChatWorkflow, workflow.RegisterOptions{Name: ChatWorkflowName})
-			if err := r.ReplayWorkflowHistoryFromJSONFile(NewLogger(zerolog.Nop()), f); err != nil {
+			fh, err := os.Open(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fh.Close()
+			hist, err := client.HistoryFromJSON(fh, client.HistoryJSONOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Payloads sealed since codec format 2 are bound to their
+			// workflow id, which the run's input names in the clear.
+			exec := workflow.Execution{ID: "ReplayId"}
+			for _, p := range hist.GetEvents()[0].GetWorkflowExecutionStartedEventAttributes().GetInput().GetPayloads() {
+				if id := p.GetMetadata()[codec.MetadataWorkflowID]; len(id) > 0 {
+					exec.ID = string(id)
+				}
+			}
+			if err := r.ReplayWorkflowHistoryWithOptions(NewLogger(zerolog.Nop()), hist, worker.ReplayWorkflowHistoryOptions{OriginalExecution: exec}); err != nil {
 				t.Fatalf("history %s no longer replays: %v", f, err)
 			}
 		})
@@ -114,6 +131,16 @@ func TestRecordHistory(t *testing.T) {
 	t.Setenv("AGENTRUNNER_AGENT_SECRET_WF_RECORD_HMAC", "record-secret-0123456789")
 	e.startWorker(WorkerOptions{})
 	bot := e.newBot("record_bot", "http", json.RawMessage(fmt.Sprintf(`{"url":%q,"secret":"env:AGENTRUNNER_AGENT_SECRET_WF_RECORD_HMAC"}`, srv.URL)))
+	recordChain(t, e, c, bot, label)
+	// The echo agent runs as a local activity since lean-turns: its own chain.
+	recordChain(t, e, c, e.newBot("record_echo_bot", "echo", nil), label+"-echo")
+}
+
+// recordChain plays one chat (three texts, one of them "break", and a
+// duplicate) with bot and writes every run of its chain as
+// testdata/history-<label>-run<N>.json.
+func recordChain(t *testing.T, e *env, c client.Client, bot BotSpec, label string) {
+	t.Helper()
 	user := e.newUser("Rec")
 	chat := e.startChat(user, bot.ID)
 	for _, txt := range []string{"one", "break", "two"} {

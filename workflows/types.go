@@ -208,6 +208,9 @@ type ChatState struct {
 	// Mark is the chat's durable watermark as this chain last read or wrote
 	// it (ChatMarks): the idle end writes LastUpdateID only when it is higher.
 	Mark buko.UpdateID `json:"mark,omitempty"`
+	// RemoteAgent: the bot's agent does not run as a local activity (learnt
+	// from a Respond), so the next update goes straight to the regular one.
+	RemoteAgent bool `json:"remote_agent,omitempty"`
 }
 
 // ChatResult is a chat workflow's result when it ends after its quiet time.

@@ -28,9 +28,13 @@ type WorkerOptions struct {
 	// only as long as the chat's workflow chain (tests, tools).
 	Marks ChatMarks
 
-	Agents  agents.Registry // nil: agents.Builtin()
-	Secrets agents.Secrets  // resolves secret references in agent configs; may be nil
-	HTTP    *http.Client    // for agents' outbound calls; nil: a client without a global timeout (agents set their own)
+	Agents agents.Registry // nil: agents.Builtin()
+	// LocalAgents are the agent kinds run as local activities (in the
+	// workflow task, with a fallback to regular activities): fast agents of
+	// the worker itself. Nil: echo.
+	LocalAgents []string
+	Secrets     agents.Secrets // resolves secret references in agent configs; may be nil
+	HTTP        *http.Client   // for agents' outbound calls; nil: a client without a global timeout (agents set their own)
 
 	// PerBotConcurrency bounds the activities of one bot running at once in
 	// this worker (fairness between bots). Default: a quarter of
@@ -56,6 +60,13 @@ type Worker struct {
 
 // NewWorker builds a worker on client c; Start or Run runs it.
 func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
+	return newWorker(c, o, ChatWorkflow)
+}
+
+// chatWorkflowFunc is ChatWorkflow's signature (tests register older code paths under its name).
+type chatWorkflowFunc = func(workflow.Context, ChatInput) (ChatResult, error)
+
+func newWorker(c client.Client, o WorkerOptions, wf chatWorkflowFunc) (*Worker, error) {
 	if c == nil || o.Bots == nil || o.Tokens == nil || o.API == nil {
 		return nil, errors.New("workflows: NewWorker needs a client, Bots, Tokens and API")
 	}
@@ -80,10 +91,14 @@ func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
 	if o.MaxQuotaWait <= 0 {
 		o.MaxQuotaWait = 3 * time.Second
 	}
+	if o.LocalAgents == nil {
+		o.LocalAgents = []string{"echo"}
+	}
 	o.Metrics.allowTaskQueue(o.TaskQueue)
 	acts := &Activities{
 		bots:    o.Bots,
 		marks:   o.Marks,
+		local:   o.LocalAgents,
 		tokens:  o.Tokens,
 		api:     o.API,
 		pool:    newAgentPool(o.Agents, agents.Env{HTTP: o.HTTP, Secrets: o.Secrets, Logger: o.Logger}),
@@ -99,7 +114,7 @@ func NewWorker(c client.Client, o WorkerOptions) (*Worker, error) {
 		MaxConcurrentWorkflowTaskPollers:       8,
 		MaxConcurrentActivityTaskPollers:       8,
 	})
-	Register(w, acts)
+	registerChat(w, acts, wf)
 	return &Worker{w: w, acts: acts}, nil
 }
 
@@ -110,13 +125,16 @@ type Registry interface {
 }
 
 // Register registers ChatWorkflow and, when acts is not nil, the activities under their stable names.
-func Register(r Registry, acts *Activities) {
-	r.RegisterWorkflowWithOptions(ChatWorkflow, workflow.RegisterOptions{Name: ChatWorkflowName})
+func Register(r Registry, acts *Activities) { registerChat(r, acts, ChatWorkflow) }
+
+func registerChat(r Registry, acts *Activities, wf chatWorkflowFunc) {
+	r.RegisterWorkflowWithOptions(wf, workflow.RegisterOptions{Name: ChatWorkflowName})
 	if acts == nil {
 		return
 	}
 	for name, fn := range map[string]any{
 		ActivityAgent:           acts.RunAgent,
+		ActivityRespond:         acts.Respond,
 		ActivitySendMessage:     acts.SendMessage,
 		ActivitySendChatAction:  acts.SendChatAction,
 		ActivityEditMessageText: acts.EditMessageText,
