@@ -147,11 +147,26 @@ func TestImageRunsServe(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The payload key file, made by the image's own `codec new-key`.
+	keysDir := t.TempDir()
+	if os.Getuid() == 0 {
+		if err := os.Chown(keysDir, 65532, 65532); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := pm(ctx, "run", "--rm", "--read-only", "--network", "none",
+		"-v", keyDir+":/etc/agentrunner/keyring:ro", "-v", keysDir+":/etc/agentrunner/payload",
+		"-e", "AGENTRUNNER_CIPHER=local", "-e", "AGENTRUNNER_KEYRING=/etc/agentrunner/keyring/keyring",
+		tag, "codec", "new-key", "--payload-keys", "/etc/agentrunner/payload/payload-keys.json"); err != nil {
+		t.Fatalf("codec new-key in the image: %v\n%s", err, out)
+	}
 	adminAddr, metricsAddr := freeAddr(t), freeAddr(t)
 	name := "agentrunner-test-" + testsupport.RandHex(6)
 	args := []string{"run", "--rm", "--name", name, "--read-only", "--network", "host",
 		"--cap-drop", "ALL", "--security-opt", "no-new-privileges",
 		"-v", keyDir + ":/etc/agentrunner/keyring:ro",
+		"-v", keysDir + ":/etc/agentrunner/payload:ro",
+		"-e", "AGENTRUNNER_PAYLOAD_KEYS=/etc/agentrunner/payload/payload-keys.json",
 		"-e", "DATABASE_URL=" + env.DSN,
 		"-e", "TEMPORAL_ADDRESS=" + temporal,
 		"-e", "TEMPORAL_TASK_QUEUE=image-" + testsupport.RandHex(6),
