@@ -176,6 +176,7 @@ func TestImageRunsServe(t *testing.T) {
 		"-e", "AGENTRUNNER_ADMIN_ADDR=" + adminAddr,
 		"-e", "AGENTRUNNER_METRICS_ADDR=" + metricsAddr,
 		"-e", "AGENTRUNNER_LEASE_TTL=3s",
+		"-e", "AGENTRUNNER_DRAIN_TIMEOUT=10s",
 		"-e", "AGENTRUNNER_LOG_FORMAT=json",
 		tag, "serve"}
 	runCtx, stopRun := context.WithCancel(context.Background())
@@ -198,12 +199,15 @@ func TestImageRunsServe(t *testing.T) {
 			t.Errorf("podman stop: %v", err)
 		}
 	}
+	exited := false
 	defer func() {
 		stop()
-		select {
-		case <-done:
-		case <-time.After(90 * time.Second):
-			stopRun()
+		if !exited {
+			select {
+			case <-done:
+			case <-time.After(90 * time.Second):
+				stopRun()
+			}
 		}
 		if t.Failed() {
 			t.Logf("container output:\n%s", logs.String())
@@ -224,7 +228,9 @@ func TestImageRunsServe(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}
+	started := time.Now()
 	testsupport.Within(t, "/readyz in the container", 2*time.Minute, ready)
+	t.Logf("/readyz in the container after %s", time.Since(started).Round(time.Millisecond))
 
 	env.Send(t, bot, "hello from the image")
 	testsupport.Within(t, "the echo reply", 2*time.Minute, func() bool {
@@ -240,13 +246,17 @@ func TestImageRunsServe(t *testing.T) {
 		return false
 	})
 
+	t.Logf("echo reply from the container after %s", time.Since(started).Round(time.Millisecond))
 	// SIGTERM drains and exits 0.
+	stopping := time.Now()
 	stop()
 	select {
 	case err := <-done:
+		exited = true
 		if err != nil {
 			t.Fatalf("serve in the container after SIGTERM: %v", err)
 		}
+		t.Logf("container stopped %s after SIGTERM", time.Since(stopping).Round(time.Millisecond))
 	case <-time.After(testsupport.Timeout(90 * time.Second)):
 		t.Fatal("the container did not stop within 90 s of SIGTERM")
 	}

@@ -2,6 +2,7 @@ package helm
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -82,7 +83,8 @@ func newKube(t *testing.T) *kube {
 
 func (k *kube) do(method, path, contentType string, body []byte) (int, []byte) {
 	k.t.Helper()
-	req, err := http.NewRequestWithContext(k.t.Context(), method, k.server+path, bytes.NewReader(body))
+	// Not t.Context(): cleanups call this after it is cancelled; hc has a timeout.
+	req, err := http.NewRequestWithContext(context.Background(), method, k.server+path, bytes.NewReader(body))
 	if err != nil {
 		k.t.Fatal(err)
 	}
@@ -251,9 +253,15 @@ func TestChartWithoutMonitoringCRDs(t *testing.T) {
 	k.deleteCRDs()
 	ns := "nocrds-" + testsupport.RandHex(3)
 	k.createNamespace(ns)
-	k.createNamespace("monitoring")
-	t.Cleanup(func() { k.deleteNamespace(ns) })
-	out, err := k.helm(bin, "install", "agentrunner", chartDir, "-n", ns, "--no-hooks", "-f", filepath.Join(chartDir, "ci", "production-values.yaml"))
+	k.createNamespace(ns + "-grafana")
+	t.Cleanup(func() {
+		_, _ = k.helm(bin, "uninstall", "agentrunner", "-n", ns, "--no-hooks")
+		k.deleteNamespace(ns)
+		k.deleteNamespace(ns + "-grafana")
+	})
+	args := []string{chartDir, "-n", ns, "--no-hooks", "-f", filepath.Join(chartDir, "ci", "production-values.yaml"),
+		"--set", "metrics.dashboard.namespace=" + ns + "-grafana"}
+	out, err := k.helm(bin, append([]string{"install", "agentrunner"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +283,7 @@ func TestChartWithoutMonitoringCRDs(t *testing.T) {
 	}
 
 	k.installCRDs()
-	out, err = k.helm(bin, "upgrade", "agentrunner", chartDir, "-n", ns, "--no-hooks", "-f", filepath.Join(chartDir, "ci", "production-values.yaml"))
+	out, err = k.helm(bin, append([]string{"upgrade", "agentrunner"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,13 +312,23 @@ func TestChartInstallsOnAPIServer(t *testing.T) {
 			k.t = t
 			ns := "install-" + vs.name + "-" + testsupport.RandHex(3)
 			k.createNamespace(ns)
-			t.Cleanup(func() { k.deleteNamespace(ns) })
 			v := readInstallValues(t, vs.file)
-			if v.Metrics.Dashboard.Namespace != "" {
-				k.createNamespace(v.Metrics.Dashboard.Namespace) // shared; it must exist beforehand
-			}
 			rel := "agentrunner"
 			common := append([]string{chartDir, "-n", ns, "--no-hooks", "--timeout", "2m"}, vs.args()...)
+			if v.Metrics.Dashboard.Namespace != "" {
+				// Grafana's namespace, which must exist beforehand: one per run,
+				// so a release left by an earlier run cannot own the ConfigMap.
+				v.Metrics.Dashboard.Namespace = ns + "-grafana"
+				k.createNamespace(v.Metrics.Dashboard.Namespace)
+				common = append(common, "--set", "metrics.dashboard.namespace="+v.Metrics.Dashboard.Namespace)
+				t.Cleanup(func() { k.deleteNamespace(v.Metrics.Dashboard.Namespace) })
+			}
+			// No namespace controller runs, so deleting a namespace leaves its
+			// objects: uninstall first.
+			t.Cleanup(func() {
+				_, _ = k.helm(bin, "uninstall", rel, "-n", ns, "--no-hooks")
+				k.deleteNamespace(ns)
+			})
 			if out, err := k.helm(bin, append([]string{"install", rel}, common...)...); err != nil {
 				t.Fatal(err)
 			} else if strings.Contains(out, "WARNING: metrics.") {
