@@ -262,14 +262,14 @@ func (p *prom) state(t *testing.T, alertname, instance string) string {
 	return st
 }
 
-func (p *prom) waitFiring(t *testing.T, alertname, instance string, d time.Duration) {
+// waitFiring waits until alertname fires; fault is when the fault was caused.
+func (p *prom) waitFiring(t *testing.T, fault time.Time, alertname, instance string, d time.Duration) {
 	t.Helper()
-	start := time.Now()
 	testsupport.Until(t, alertname+" firing", d, func() (bool, string) {
 		st := p.state(t, alertname, instance)
 		return st == "firing", "state " + fmt.Sprintf("%q", st)
 	})
-	t.Logf("%s firing %s after the fault", alertname, time.Since(start).Round(100*time.Millisecond))
+	t.Logf("%s firing %s after the fault", alertname, time.Since(fault).Round(100*time.Millisecond))
 }
 
 // dashboardQueries returns the dashboard's queries with Grafana's variables
@@ -442,9 +442,10 @@ func TestRulesAndDashboardLive(t *testing.T) {
 	})
 
 	// Fault 1: a replica is killed; its target is down (its shards move to a).
+	killed := time.Now()
 	_ = b.cmd.Process.Kill()
 	<-b.done
-	p.waitFiring(t, "AgentrunnerTargetDown", b.metrics, 2*time.Minute)
+	p.waitFiring(t, killed, "AgentrunnerTargetDown", b.metrics, 2*time.Minute)
 	if st := p.state(t, "AgentrunnerTargetDown", a.metrics); st != "" {
 		t.Errorf("AgentrunnerTargetDown is %s for the live replica %s", st, a.metrics)
 	}
@@ -483,9 +484,10 @@ func TestRulesAndDashboardLive(t *testing.T) {
 		}
 		return true, ""
 	})
+	simStopped := time.Now()
 	proxy.Close()
-	p.waitFiring(t, "AgentrunnerBotsDown", "", 2*time.Minute)
-	p.waitFiring(t, "AgentrunnerBotSessionsNotLive", "", 2*time.Minute)
+	p.waitFiring(t, simStopped, "AgentrunnerBotsDown", "", 2*time.Minute)
+	p.waitFiring(t, simStopped, "AgentrunnerBotSessionsNotLive", "", 2*time.Minute)
 
 	var never []string
 	for _, q := range sample("after the faults") {
