@@ -454,7 +454,6 @@ func TestRulesAndDashboardLive(t *testing.T) {
 		return live == len(bots), fmt.Sprintf("%d of %d live", live, len(bots))
 	})
 
-
 	// Then a bot's token is revoked (rotated in Buko, not in agentrunner): after
 	// three 401s in a row its session gives up, the bot is marked auth_failed
 	// and its session stopped. No alert covers this: the session's
