@@ -15,9 +15,10 @@ import (
 	"testing"
 )
 
-// There is no Docker engine on the build machines, so deploy/Dockerfile is
-// checked statically: its stages, the final image's user and entrypoint, and the
-// version stamping against cmd/agentrunner/version.go.
+// deploy/Dockerfile's shape is checked here, statically: its stages, the final
+// image's user, labels and entrypoint, and the version stamping of
+// deploy/rootfs.sh against cmd/agentrunner/version.go. deploy/image_test.go
+// builds the final stage with podman and runs it.
 
 type instruction struct {
 	line int
