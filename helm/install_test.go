@@ -508,3 +508,41 @@ func createHooks(k *kube, bin, ns, rel string) {
 		t.Errorf("stored Job was not defaulted by the server: selector %v, completionMode %v", job.Spec.Selector, job.Spec.CompletionMode)
 	}
 }
+
+// TestChartHookJobWaitsForAKubelet shows why the other tests use --no-hooks:
+// with hooks, helm creates the migration hook's ServiceAccount and Job (the
+// server stores them) and then waits for the Job to complete, which without a
+// kubelet never happens, so the install times out and the release fails.
+func TestChartHookJobWaitsForAKubelet(t *testing.T) {
+	bin := helmBin(t)
+	k := newKube(t)
+	ns := "hooks-" + testsupport.RandHex(3)
+	k.createNamespace(ns)
+	t.Cleanup(func() {
+		_, _ = k.helm(bin, "uninstall", "agentrunner", "-n", ns, "--no-hooks")
+		k.do("DELETE", "/apis/batch/v1/namespaces/"+ns+"/jobs/agentrunner-migrate", "", nil)
+		k.deleteNamespace(ns)
+	})
+	_, err := k.helm(bin, "install", "agentrunner", chartDir, "-n", ns, "--timeout", "5s",
+		"-f", filepath.Join(chartDir, "ci", "minimal-values.yaml"))
+	if err == nil {
+		t.Fatal("helm install with hooks succeeded on a server without a kubelet: did the migration Job complete?")
+	}
+	if !strings.Contains(err.Error(), "pre-install") {
+		t.Fatalf("helm install failed, but not in the pre-install hook: %v", err)
+	}
+	var job batchv1.Job
+	if !k.get("/apis/batch/v1/namespaces/"+ns+"/jobs/agentrunner-migrate", &job) {
+		t.Fatal("helm created no migration Job")
+	}
+	if job.Status.Succeeded != 0 || job.Annotations["helm.sh/hook"] != "pre-install,pre-upgrade" {
+		t.Errorf("stored hook Job: succeeded %d, hook %q", job.Status.Succeeded, job.Annotations["helm.sh/hook"])
+	}
+	// When a hook fails, helm deletes the hooks before it that succeeded and
+	// carry hook-succeeded: the migration ServiceAccount goes, the failed Job
+	// stays (docs/deploy.md: a Job still retrying then cannot create pods).
+	var sa corev1.ServiceAccount
+	if k.get("/api/v1/namespaces/"+ns+"/serviceaccounts/agentrunner-migrate", &sa) {
+		t.Log("the hook ServiceAccount outlived the failed hook (helm no longer deletes it)")
+	}
+}
