@@ -33,7 +33,7 @@ test: services vet ## every test, with the real services (gofmt, vet, staticchec
 	"$${AGENTRUNNER_STATICCHECK_BIN:?run make services}" ./...; \
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-services: ## install and start Postgres, Temporal, Vault and Chromium as needed
+services: ## install and start Postgres, Temporal, Vault, Chromium, podman, etcd + kube-apiserver as needed
 	bash deploy/dev/services.sh
 
 build: ## build bin/agentrunner with version stamps
@@ -60,7 +60,7 @@ fuzz: ## run every fuzz target for FUZZTIME each
 bench: services ## the go benchmarks (results belong in docs/BENCHMARKS.md)
 	. $(SERVICES_ENV); $(GO) test -run '^$$' -bench . -benchmem ./...
 
-stop-services: ## stop the Temporal and Vault dev servers started by `make services`
+stop-services: ## stop the Temporal, Vault and kube-apiserver (+ etcd) servers started by `make services`
 	bash deploy/dev/temporal.sh stop
 	[ ! -x deploy/dev/kube.sh ] || bash deploy/dev/kube.sh stop
 	[ ! -x deploy/dev/vault.sh ] || bash deploy/dev/vault.sh stop
