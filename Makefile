@@ -20,7 +20,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.d
 # Fuzz targets: package:FuzzName, each run for FUZZTIME by `make fuzz`.
 FUZZTIME  ?= 30s
 
-.PHONY: help dev test services build vet staticcheck fuzz bench clean stop-services
+.PHONY: help dev test services build image vet staticcheck fuzz bench clean stop-services
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,11 +33,15 @@ test: services vet ## every test, with the real services (gofmt, vet, staticchec
 	"$${AGENTRUNNER_STATICCHECK_BIN:?run make services}" ./...; \
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-services: ## install and start Postgres, Temporal, Vault and Chromium as needed
+services: ## install and start Postgres, Temporal, Vault, Chromium, podman, etcd + kube-apiserver as needed
 	bash deploy/dev/services.sh
 
 build: ## build bin/agentrunner with version stamps
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/agentrunner
+
+IMAGE     ?= localhost/agentrunner:$(VERSION)
+image: ## the release image from deploy/Dockerfile with podman: no Docker engine, no pull (deploy/image.sh)
+	VERSION='$(VERSION)' COMMIT='$(COMMIT)' DATE='$(DATE)' bash deploy/image.sh '$(IMAGE)'
 
 vet: ## go vet and gofmt check
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
@@ -56,8 +60,9 @@ fuzz: ## run every fuzz target for FUZZTIME each
 bench: services ## the go benchmarks (results belong in docs/BENCHMARKS.md)
 	. $(SERVICES_ENV); $(GO) test -run '^$$' -bench . -benchmem ./...
 
-stop-services: ## stop the Temporal and Vault dev servers started by `make services`
+stop-services: ## stop the Temporal, Vault and kube-apiserver (+ etcd) servers started by `make services`
 	bash deploy/dev/temporal.sh stop
+	[ ! -x deploy/dev/kube.sh ] || bash deploy/dev/kube.sh stop
 	[ ! -x deploy/dev/vault.sh ] || bash deploy/dev/vault.sh stop
 
 clean: ## remove build output

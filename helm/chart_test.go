@@ -345,13 +345,17 @@ type ruleFile struct {
 	} `json:"groups"`
 }
 
+// monitoringAPIs make helm template render as on a cluster with the Prometheus
+// Operator's CRDs (the chart renders ServiceMonitor and PrometheusRule only there).
+var monitoringAPIs = []string{"--api-versions", "monitoring.coreos.com/v1/ServiceMonitor", "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"}
+
 var docSeparator = regexp.MustCompile(`(?m)^---\s*$`)
 
 // render runs helm template and decodes every document strictly.
 func render(t *testing.T, bin string, extra ...string) []object {
 	t.Helper()
-	args := append([]string{"template", release, chartDir, "--namespace", namespace, "--kube-version", kubeVersion}, extra...)
-	out, err := runHelm(t, bin, args...)
+	args := append([]string{"template", release, chartDir, "--namespace", namespace, "--kube-version", kubeVersion}, monitoringAPIs...)
+	out, err := runHelm(t, bin, append(args, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

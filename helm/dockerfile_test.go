@@ -15,9 +15,10 @@ import (
 	"testing"
 )
 
-// There is no Docker engine on the build machines, so deploy/Dockerfile is
-// checked statically: its stages, the final image's user and entrypoint, and the
-// version stamping against cmd/agentrunner/version.go.
+// deploy/Dockerfile's shape is checked here, statically: its stages, the final
+// image's user, labels and entrypoint, and the version stamping of
+// deploy/rootfs.sh against cmd/agentrunner/version.go. deploy/image_test.go
+// builds the final stage with podman and runs it.
 
 type instruction struct {
 	line int
@@ -144,7 +145,7 @@ func TestDockerfile(t *testing.T) {
 	if !distroless && base != "scratch" {
 		t.Errorf("final stage FROM %s: want gcr.io/distroless/static…:nonroot or scratch", base)
 	}
-	var from, binDst string
+	var from, copySrc, copyDst string
 	var user string
 	var entrypoint, cmd []string
 	for _, in := range final.instrs {
@@ -158,7 +159,7 @@ func TestDockerfile(t *testing.T) {
 			for _, a := range f {
 				if v, ok := strings.CutPrefix(a, "--from="); ok {
 					from = v
-					binDst = f[len(f)-1]
+					copySrc, copyDst = f[len(f)-2], f[len(f)-1]
 				}
 			}
 		case "ENTRYPOINT":
@@ -189,14 +190,29 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("entrypoint/cmd %v runs a shell", append(entrypoint, cmd...))
 		}
 	}
-	if entrypoint[0] != binDst {
-		t.Errorf("ENTRYPOINT %s is not the binary copied from the build stage (%s)", entrypoint[0], binDst)
-	}
 	if !slices.Equal(cmd, []string{"serve"}) {
 		t.Errorf("CMD %v, want [serve] (the chart passes args explicitly)", cmd)
 	}
+	// The final stage copies the build stage's whole /out/ tree to /, the tree
+	// that deploy/rootfs.sh assembles (and `make image` feeds in its place).
+	if copySrc != "/out/" || copyDst != "/" {
+		t.Errorf("final stage COPY --from=%s %s %s, want /out/ /", from, copySrc, copyDst)
+	}
+	labels := map[string]bool{}
+	for _, in := range final.instrs {
+		if in.cmd == "LABEL" {
+			for _, m := range regexp.MustCompile(`(org\.opencontainers\.image\.[a-z]+)=`).FindAllStringSubmatch(in.args, -1) {
+				labels[m[1]] = true
+			}
+		}
+	}
+	for _, l := range []string{"title", "source", "version", "revision", "created"} {
+		if !labels["org.opencontainers.image."+l] {
+			t.Errorf("final stage has no LABEL org.opencontainers.image.%s", l)
+		}
+	}
 
-	// The build stage: golang 1.26, static binary, version stamping.
+	// The build stage: golang 1.26, running deploy/rootfs.sh /out with the stamps.
 	var build *stage
 	for i := range stages[:len(stages)-1] {
 		if stages[i].name == from {
@@ -209,19 +225,18 @@ func TestDockerfile(t *testing.T) {
 	if b := expandArgs(build.base, gargs); !strings.HasPrefix(b, "golang:1.26") {
 		t.Errorf("build stage FROM %s, want golang:1.26", b)
 	}
-	var goBuild string
+	var runRootfs string
 	for _, in := range build.instrs {
-		if in.cmd == "RUN" && strings.Contains(in.args, "go build") {
-			goBuild = in.args
+		if in.cmd == "RUN" && strings.Contains(in.args, "deploy/rootfs.sh") {
+			runRootfs = in.args
 		}
 	}
-	if goBuild == "" {
-		t.Fatal("build stage has no RUN … go build")
+	if runRootfs == "" {
+		t.Fatal("build stage has no RUN … deploy/rootfs.sh")
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "./cmd/agentrunner",
-		"-X main.version=${VERSION}", "-X main.commit=${COMMIT}", "-X main.date=${DATE}"} {
-		if !strings.Contains(goBuild, want) {
-			t.Errorf("go build line lacks %q:\n%s", want, goBuild)
+	for _, want := range []string{"deploy/rootfs.sh /out", "VERSION=${VERSION}", "COMMIT=${COMMIT}", "DATE=${DATE}"} {
+		if !strings.Contains(runRootfs, want) {
+			t.Errorf("build stage's rootfs.sh line lacks %q:\n%s", want, runRootfs)
 		}
 	}
 	bargs := argDefaults(build.instrs)
@@ -230,19 +245,31 @@ func TestDockerfile(t *testing.T) {
 			t.Errorf("build stage does not declare ARG %s", a)
 		}
 	}
-	if m := regexp.MustCompile(`-o\s+(\S+)`).FindStringSubmatch(goBuild); m == nil {
-		t.Error("go build has no -o")
-	} else {
-		var src string
-		for _, in := range final.instrs {
-			if in.cmd == "COPY" && strings.Contains(in.args, "--from=") {
-				f := strings.Fields(in.args)
-				src = f[len(f)-2]
-			}
+
+	// deploy/rootfs.sh: a static, stamped binary at the ENTRYPOINT's path.
+	script, err := os.ReadFile(filepath.Join(root, "deploy", "rootfs.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goBuild := ""
+	for _, l := range strings.Split(strings.ReplaceAll(string(script), "\\\n", " "), "\n") {
+		if strings.Contains(l, "go build") {
+			goBuild = l
 		}
-		if src != m[1] {
-			t.Errorf("final stage copies %s but go build writes %s", src, m[1])
+	}
+	if goBuild == "" {
+		t.Fatal("deploy/rootfs.sh has no go build")
+	}
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "./cmd/agentrunner",
+		"-X main.version=${VERSION", "-X main.commit=${COMMIT", "-X main.date=${DATE"} {
+		if !strings.Contains(goBuild, want) {
+			t.Errorf("rootfs.sh's go build lacks %q:\n%s", want, goBuild)
 		}
+	}
+	if m := regexp.MustCompile(`-o\s+"?\$out(\S+?)"?(\s|$)`).FindStringSubmatch(goBuild); m == nil {
+		t.Error(`rootfs.sh's go build has no -o "$out/…"`)
+	} else if m[1] != entrypoint[0] {
+		t.Errorf("ENTRYPOINT %s, but rootfs.sh writes the binary to $out%s", entrypoint[0], m[1])
 	}
 
 	// The -X targets must be package-level string variables of package main.

@@ -373,3 +373,26 @@ func TestEncryptRejectsEmpty(t *testing.T) {
 		})
 	}
 }
+
+// An existing keyring is loaded without creating the lock file beside it, so
+// a keyring on a read-only mount (a Kubernetes Secret volume) works.
+func TestLocalProvisionReadsExistingKeyringWithoutLock(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyring")
+	if err := NewLocal(path, nil).Provision(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path + ".lock"); err != nil {
+		t.Fatalf("creating the keyring made no lock file: %v", err)
+	}
+	l := NewLocal(path, nil)
+	if err := l.Provision(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("loading an existing keyring touched %s.lock (%v): it fails on a read-only mount", path, err)
+	}
+}

@@ -83,9 +83,17 @@ func (l *Local) KeyRef() string {
 }
 
 // Provision loads the keyring, creating it (one key, version 1) if absent.
+// An existing keyring is read without the lock file (writes replace the file
+// by rename, so a read never sees half of one): a keyring on a read-only
+// mount, such as a Kubernetes Secret volume, works.
 func (l *Local) Provision(ctx context.Context) error {
 	if l.path == "" {
 		return fmt.Errorf("%w: local keyring path is empty", ErrConfig)
+	}
+	if kf, err := readKeyring(l.path); err == nil {
+		return l.install(kf)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	return l.withLock(func() error {
 		kf, err := readKeyring(l.path)

@@ -14,11 +14,14 @@ here=$(dirname "$0")
 optional() { if [ -x "$here/$1" ]; then "$here/$@"; fi; }
 optional vault.sh build
 optional helm.sh build
+optional kube.sh build
 "$here/staticcheck.sh" build
 "$here/temporal.sh" start
 optional vault.sh start
 optional chromium.sh
 optional promtool.sh
+optional podman.sh
+optional kube.sh start
 
 env_file="$AGENTRUNNER_RUN/services.env"
 {
@@ -26,6 +29,7 @@ env_file="$AGENTRUNNER_RUN/services.env"
   echo "export AGENTRUNNER_TEMPORAL_BIN=$("$here/temporal.sh" bin)"
   if [ -x "$here/vault.sh" ] && [ -f "$AGENTRUNNER_RUN/vault.env" ]; then cat "$AGENTRUNNER_RUN/vault.env"; fi
   if [ -x "$here/helm.sh" ]; then echo "export AGENTRUNNER_HELM_BIN=$("$here/helm.sh" bin)"; fi
+  if [ -x "$here/kube.sh" ]; then "$here/kube.sh" env; fi
   echo "export AGENTRUNNER_STATICCHECK_BIN=$("$here/staticcheck.sh" bin)"
 } >"$env_file"
 say "services ready ($env_file)"
