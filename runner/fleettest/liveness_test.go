@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/url"
 	"testing"
 	"time"
 
@@ -98,8 +99,8 @@ func TestFleetPostgresRestartKeepsOwners(t *testing.T) {
 	env.Pool.Reset() // the test's own connections died too
 	testsupport.Within(t, "every replica to take its liveness lock again", 60*time.Second, func() bool { return f.livenessLocks() == 3 })
 	// Give a peer that would wrongly count the vanished locks as dead
-	// replicas time to act: twice the grace (1.7 s) and a heartbeat round.
-	until := time.Now().Add(2*1700*time.Millisecond + prodTTL/3)
+	// replicas time to act: twice the grace (2.1 s) and a heartbeat round.
+	until := time.Now().Add(2*2100*time.Millisecond + prodTTL/3)
 	testsupport.Within(t, "the grace and a heartbeat round to pass", time.Minute, func() bool { return time.Now().After(until) })
 	after := f.leaseTable()
 	if !maps.Equal(before, after) {
@@ -139,5 +140,44 @@ func TestFleetPostgresRestartKeepsOwners(t *testing.T) {
 	f.claimedBefore(expires)
 	if st := env.Stats(t); st.MaxConcurrentGatewayPerBot != 1 {
 		t.Fatalf("max_concurrent_gateway_per_bot = %d, want 1", st.MaxConcurrentGatewayPerBot)
+	}
+}
+
+// A slow database (every round trip of one replica 400 ms longer, through a
+// proxy) is not a dead one: its liveness scans still confirm its lock within
+// the liveness timeout, so it does not fence itself, and its peers, who see
+// its lock held, take nothing.
+func TestFleetSlowPostgresKeepsOwners(t *testing.T) {
+	env := runnertest.NewEnv(t, runnertest.EnvOptions{})
+	bots := env.AddBots(t, 20, "slow")
+	ids := runnertest.IDs(bots)
+	u, err := url.Parse(env.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := runnertest.NewProxy(t, u.Host)
+	f := newFleet(t, env, prodTTL)
+	a := f.start("a", proxy.DSN(t, env.DSN))
+	f.start("b", "")
+	f.allLive("every bot live", ids, 90*time.Second)
+	testsupport.Within(t, "shards split between a and b", 60*time.Second, func() bool { return balanced(f.owners(), "a", "b") })
+	before := f.leaseTable()
+	st0 := env.Stats(t)
+
+	proxy.SetDelay(200 * time.Millisecond)
+	// Two heartbeat rounds and many graces.
+	until := time.Now().Add(2 * prodTTL / 3)
+	testsupport.Within(t, "two heartbeat rounds on a slow database", time.Minute, func() bool { return time.Now().After(until) })
+	proxy.SetDelay(0)
+	if after := f.leaseTable(); !maps.Equal(before, after) {
+		t.Fatalf("shards changed owner or epoch while a's database was slow")
+	}
+	if n := a.countLog("self-fencing"); n != 0 {
+		t.Fatalf("a fenced itself %d times on a slow database", n)
+	}
+	f.allLive("every bot live", ids, 30*time.Second)
+	if st := env.Stats(t); st.GatewayConnections != st0.GatewayConnections || st.MaxConcurrentGatewayPerBot != 1 {
+		t.Fatalf("%d sockets opened while the database was slow; max sockets per bot %d",
+			st.GatewayConnections-st0.GatewayConnections, st.MaxConcurrentGatewayPerBot)
 	}
 }
