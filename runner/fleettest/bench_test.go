@@ -22,6 +22,9 @@ import (
 //	AGENTRUNNER_BENCH_BOTS  bots for cold start (10000) and takeover/rolling (3000)
 //	AGENTRUNNER_BENCH_TTL   lease TTL of the replicas (15s, the production default)
 //	AGENTRUNNER_BENCH_POLL  the rolling restart's polling of the simulator (100ms)
+//	AGENTRUNNER_BENCH_PG    "own": a Postgres server of the benchmark's own
+//	                        (initdb in a temporary directory, fsync off), not
+//	                        the machine's, which other tests share
 //
 //	go test -run '^$' -bench Fleet -benchtime 1x ./runner/fleettest
 
@@ -47,6 +50,21 @@ func benchPoll(b *testing.B) time.Duration {
 		return d
 	}
 	return 100 * time.Millisecond
+}
+
+// benchEnv is the benchmark's Env, on its own Postgres server if
+// AGENTRUNNER_BENCH_PG=own.
+func benchEnv(b *testing.B) *runnertest.Env {
+	switch v := os.Getenv("AGENTRUNNER_BENCH_PG"); v {
+	case "":
+		return runnertest.NewEnv(b, runnertest.EnvOptions{})
+	case "own":
+		pg := runnertest.StartPostgres(b)
+		return runnertest.NewEnv(b, runnertest.EnvOptions{AdminURL: pg.AdminURL()})
+	default:
+		b.Fatalf("AGENTRUNNER_BENCH_PG=%q: want empty or own", v)
+		return nil
+	}
 }
 
 func benchTTL(b *testing.B) time.Duration {
@@ -202,7 +220,7 @@ func maxOverMean(m map[string]int) float64 {
 // balance (max/mean bots per replica) and replica RSS per session.
 func BenchmarkFleetColdStart(b *testing.B) {
 	n := benchBots(b, 10000)
-	env := runnertest.NewEnv(b, runnertest.EnvOptions{})
+	env := benchEnv(b)
 	bots := env.AddBots(b, n, "cold")
 	ids := runnertest.IDs(bots)
 	f := newFleet(b, env, benchTTL(b))
@@ -236,7 +254,7 @@ func BenchmarkFleetColdStart(b *testing.B) {
 func BenchmarkFleetTakeover(b *testing.B) {
 	n := benchBots(b, 3000)
 	ttl := benchTTL(b)
-	env := runnertest.NewEnv(b, runnertest.EnvOptions{})
+	env := benchEnv(b)
 	bots := env.AddBots(b, n, "take")
 	ids := runnertest.IDs(bots)
 	f := newFleet(b, env, ttl)
@@ -294,7 +312,7 @@ func BenchmarkFleetTakeover(b *testing.B) {
 // gap p50/p99/max and the bots' max sockets at once.
 func BenchmarkFleetRollingRestart(b *testing.B) {
 	n := benchBots(b, 3000)
-	env := runnertest.NewEnv(b, runnertest.EnvOptions{})
+	env := benchEnv(b)
 	bots := env.AddBots(b, n, "roll")
 	ids := runnertest.IDs(bots)
 	f := newFleet(b, env, benchTTL(b))
