@@ -63,10 +63,10 @@ type ShardsConfig struct {
 	// this long stops every session (unless Postgres was seen down since).
 	// Peers take a replica's shards early once its liveness lock has been
 	// missing for LivenessTimeout + LivenessStop + 2 × LivenessScan, so every
-	// replica of a fleet must use the same values. Default 1.5 s.
+	// replica of a fleet must use the same values. Default 1.2 s.
 	LivenessTimeout time.Duration
 	// LivenessStop bounds the stop of the sessions at the liveness fence.
-	// Default 400 ms.
+	// Default 300 ms.
 	LivenessStop time.Duration
 	// LivenessScan is the period of the liveness scan (own lock confirmed,
 	// peers' locks watched). Default 100 ms.
@@ -113,10 +113,10 @@ func (c *ShardsConfig) setDefaults() error {
 		c.StopTimeout = 10 * time.Second
 	}
 	if c.LivenessTimeout == 0 {
-		c.LivenessTimeout = 1500 * time.Millisecond
+		c.LivenessTimeout = 1200 * time.Millisecond
 	}
 	if c.LivenessStop == 0 {
-		c.LivenessStop = 400 * time.Millisecond
+		c.LivenessStop = 300 * time.Millisecond
 	}
 	if c.LivenessScan == 0 {
 		c.LivenessScan = 100 * time.Millisecond
