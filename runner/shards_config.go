@@ -63,7 +63,7 @@ type ShardsConfig struct {
 	// this long stops every session (unless Postgres was seen down since).
 	// Peers take a replica's shards early once its liveness lock has been
 	// missing for LivenessTimeout + LivenessStop + 2 × LivenessScan, so every
-	// replica of a fleet must use the same values. Default 1.2 s.
+	// replica of a fleet must use the same values. Default 1.5 s.
 	LivenessTimeout time.Duration
 	// LivenessStop bounds the stop of the sessions at the liveness fence.
 	// Default 300 ms.
@@ -113,7 +113,7 @@ func (c *ShardsConfig) setDefaults() error {
 		c.StopTimeout = 10 * time.Second
 	}
 	if c.LivenessTimeout == 0 {
-		c.LivenessTimeout = 1200 * time.Millisecond
+		c.LivenessTimeout = 1500 * time.Millisecond
 	}
 	if c.LivenessStop == 0 {
 		c.LivenessStop = 300 * time.Millisecond

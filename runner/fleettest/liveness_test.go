@@ -99,8 +99,8 @@ func TestFleetPostgresRestartKeepsOwners(t *testing.T) {
 	env.Pool.Reset() // the test's own connections died too
 	testsupport.Within(t, "every replica to take its liveness lock again", 60*time.Second, func() bool { return f.livenessLocks() == 3 })
 	// Give a peer that would wrongly count the vanished locks as dead
-	// replicas time to act: twice the grace (1.7 s) and a heartbeat round.
-	until := time.Now().Add(2*1700*time.Millisecond + prodTTL/3)
+	// replicas time to act: twice the grace (2 s) and a heartbeat round.
+	until := time.Now().Add(2*2000*time.Millisecond + prodTTL/3)
 	testsupport.Within(t, "the grace and a heartbeat round to pass", time.Minute, func() bool { return time.Now().After(until) })
 	after := f.leaseTable()
 	if !maps.Equal(before, after) {
