@@ -264,6 +264,10 @@ func (s *Shards) livenessSession(ctx context.Context) (connected bool, err error
 			return true, err
 		}
 		recv := time.Now()
+		if took := recv.Sub(sent); took > s.cfg.LivenessTimeout/3 {
+			s.log.Warn().Dur("took", took).Dur("liveness_timeout", s.cfg.LivenessTimeout).
+				Msg("slow liveness scan: the replica fences itself if no scan completes within the liveness timeout")
+		}
 		dead := map[string]int32{}
 		seen := make(map[string]bool, len(ids))
 		for i, id := range ids {
