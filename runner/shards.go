@@ -170,6 +170,7 @@ func (s *Shards) Run(ctx context.Context) error {
 		liveDone.Add(1)
 		go func() { defer liveDone.Done(); s.livenessLoop(lctx) }()
 		defer func() { stopLiveness(); liveDone.Wait() }()
+		s.awaitLiveness(ctx, s.cfg.TTL/3)
 	}
 
 	interval := s.cfg.TTL / 3

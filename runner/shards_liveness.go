@@ -96,6 +96,25 @@ func (s *Shards) deadPeers() (ids []string, keys []int32) {
 	return ids, keys
 }
 
+// awaitLiveness waits, up to d, for the first confirmation of the liveness
+// lock, so the first heartbeat (which peers answer by releasing shards to
+// this replica) finds the replica able to claim.
+func (s *Shards) awaitLiveness(ctx context.Context, d time.Duration) {
+	if s.cfg.NoLiveness {
+		return
+	}
+	deadline := time.Now().Add(d)
+	t := time.NewTicker(s.cfg.LivenessScan / 2)
+	defer t.Stop()
+	for !s.livenessOK() && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // livenessLoop keeps the liveness connection until ctx ends, reconnecting
 // at once (then every 50 ms to 500 ms) when it breaks.
 func (s *Shards) livenessLoop(ctx context.Context) {
@@ -237,8 +256,14 @@ func (s *Shards) livenessSession(ctx context.Context) (connected bool, err error
 	register := func() error {
 		qctx, cancel := context.WithTimeout(ctx, s.cfg.LivenessTimeout)
 		defer cancel()
-		_, err := conn.Exec(qctx, `UPDATE runners SET liveness_key = $1 WHERE id = $2 AND incarnation = $3`,
-			key, s.cfg.RunnerID, s.incarnation)
+		// Before the first heartbeat there is no row: insert one that does
+		// not count as live (its heartbeat a TTL old), so the key is
+		// confirmed before the first claim; the heartbeat takes it over.
+		_, err := conn.Exec(qctx, `INSERT INTO runners AS r (id, heartbeat_at, incarnation, liveness_key)
+			VALUES ($2, now() - $4 * interval '1 millisecond', $3, $1)
+			ON CONFLICT (id) DO UPDATE SET liveness_key = excluded.liveness_key
+			WHERE r.incarnation = excluded.incarnation`,
+			key, s.cfg.RunnerID, s.incarnation, s.cfg.TTL.Milliseconds())
 		return err
 	}
 	if err := register(); err != nil {
@@ -294,8 +319,9 @@ func (s *Shards) livenessSession(ctx context.Context) (connected bool, err error
 		}
 		registered := mine != nil && *mine == key
 		if !registered {
-			// The runners row did not exist yet (the first heartbeat inserts
-			// it), or held another key: register again; the next scan confirms.
+			// The runners row was another incarnation's (the heartbeat
+			// takes it over once it is stale), or held another key:
+			// register again; the next scan confirms.
 			if err := register(); err != nil {
 				return true, err
 			}
