@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		epochChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentrunner_runner_epoch_changes_total",
-			Help: "Shards claimed by this replica (each claim bumps the shard's fencing epoch), by whether the shard was free or taken over after its lease expired.",
+			Help: "Shards claimed by this replica (each claim bumps the shard's fencing epoch), by whether the shard was free, taken over after its lease expired, or taken from a peer seen dead by its liveness lock before the lease expired.",
 		}, []string{"kind"}),
 		leasesLost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "agentrunner_runner_leases_lost_total",
@@ -138,10 +138,11 @@ func (m *Metrics) setLive(n int) {
 	}
 }
 
-func (m *Metrics) claimed(free, takeover int) {
+func (m *Metrics) claimed(free, takeover, dead int) {
 	if m != nil {
 		m.epochChanges.WithLabelValues("free").Add(float64(free))
 		m.epochChanges.WithLabelValues("takeover").Add(float64(takeover))
+		m.epochChanges.WithLabelValues("dead").Add(float64(dead))
 	}
 }
 

@@ -62,6 +62,7 @@ type Shards struct {
 	peers    int         // live, non-draining peers at the last heartbeat
 	nextWake time.Time   // a peer's lease or heartbeat expires then: tick to take over
 	stopping map[int]int // shards whose sessions are being stopped (count of jobs)
+	live     liveness    // the liveness lock (shards_liveness.go)
 	jobs     sync.WaitGroup
 
 	// afterFence, if set (tests only), runs in fenceExpired between leaving
@@ -160,6 +161,17 @@ func (s *Shards) Run(ctx context.Context) error {
 	var wdDone sync.WaitGroup
 	wdDone.Add(1)
 	go func() { defer wdDone.Done(); s.watchdog(ctx) }()
+	if !s.cfg.NoLiveness {
+		// The liveness lock lives in a context of its own: it is held until
+		// shutdown has released every lease.
+		lctx, stopLiveness := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopLiveness()
+		var liveDone sync.WaitGroup
+		liveDone.Add(1)
+		go func() { defer liveDone.Done(); s.livenessLoop(lctx) }()
+		defer func() { stopLiveness(); liveDone.Wait() }()
+		s.awaitLiveness(ctx, s.cfg.TTL/3)
+	}
 
 	interval := s.cfg.TTL / 3
 	ticker := time.NewTicker(interval)

@@ -39,6 +39,12 @@ func (s *Shards) rebalance(ctx context.Context, n, live int) error {
 		s.release(ctx, extra, LossReleased)
 		return nil
 	case len(keep) < fair:
+		if !s.livenessOK() {
+			// Sessions started now could not be fenced by the liveness
+			// deadline; the scan wakes the replica when its lock is confirmed.
+			s.log.Debug().Msg("liveness lock not confirmed: not claiming")
+			return nil
+		}
 		return s.claim(ctx, fair-len(keep))
 	}
 	return nil
@@ -46,8 +52,17 @@ func (s *Shards) rebalance(ctx context.Context, n, live int) error {
 
 const claimSQL = `
 WITH c AS (
-	SELECT shard, owner AS prev_owner FROM shard_leases
+	SELECT shard, owner AS prev_owner, expires_at > now() AS early FROM shard_leases
 	WHERE owner IS NULL OR expires_at <= now()
+		-- a peer seen dead by its liveness lock ($4, $5), if its lock is
+		-- still missing and its key unchanged (it did not come back)
+		OR (owner = ANY($4::text[]) AND EXISTS (
+			SELECT 1 FROM runners r JOIN unnest($4::text[], $5::integer[]) AS d(id, key) ON d.id = r.id
+			WHERE r.id = shard_leases.owner AND r.liveness_key = d.key
+				AND NOT EXISTS (SELECT 1 FROM pg_locks k
+					WHERE k.locktype = 'advisory' AND k.classid = $6::oid AND k.objid = d.key::oid
+						AND k.objsubid = 2 AND k.granted
+						AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database()))))
 	ORDER BY shard
 	LIMIT $2
 	FOR UPDATE SKIP LOCKED
@@ -55,24 +70,30 @@ WITH c AS (
 UPDATE shard_leases l
 SET owner = $1, epoch = l.epoch + 1, expires_at = now() + $3 * interval '1 millisecond', claimed_at = now()
 FROM c WHERE l.shard = c.shard
-RETURNING l.shard, l.epoch, c.prev_owner`
+RETURNING l.shard, l.epoch, c.prev_owner, c.early`
 
 func (s *Shards) claim(ctx context.Context, want int) error {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.TTL/3)
 	defer cancel()
 	sent := time.Now()
-	rows, err := s.cfg.Pool.Query(cctx, claimSQL, s.cfg.RunnerID, want, s.cfg.TTL.Milliseconds())
+	deadIDs, deadKeys := s.deadPeers()
+	if deadIDs == nil {
+		deadIDs, deadKeys = []string{}, []int32{}
+	}
+	rows, err := s.cfg.Pool.Query(cctx, claimSQL, s.cfg.RunnerID, want, s.cfg.TTL.Milliseconds(),
+		deadIDs, deadKeys, livenessLockClass)
 	if err != nil {
 		return fmt.Errorf("runner: claim: %w", err)
 	}
 	var got []Lease
-	free, takeover := 0, 0
+	free, takeover, early := 0, 0, 0
 	var from []string
 	for rows.Next() {
 		var shard int32
 		var epoch int64
 		var prev *string
-		if err := rows.Scan(&shard, &epoch, &prev); err != nil {
+		var before bool
+		if err := rows.Scan(&shard, &epoch, &prev, &before); err != nil {
 			rows.Close()
 			return fmt.Errorf("runner: claim: %w", err)
 		}
@@ -81,6 +102,9 @@ func (s *Shards) claim(ctx context.Context, want int) error {
 			free++
 		} else {
 			takeover++
+			if before {
+				early++
+			}
 			if !slices.Contains(from, *prev) {
 				from = append(from, *prev)
 			}
@@ -104,8 +128,8 @@ func (s *Shards) claim(ctx context.Context, want int) error {
 	s.mu.Unlock()
 	s.pokeWatchdog()
 	s.cfg.Metrics.setLeases(nHeld)
-	s.cfg.Metrics.claimed(free, takeover)
-	ev := s.log.Info().Int("claimed", len(got)).Int("held", nHeld).Int("takeover", takeover)
+	s.cfg.Metrics.claimed(free, takeover-early, early)
+	ev := s.log.Info().Int("claimed", len(got)).Int("held", nHeld).Int("takeover", takeover).Int("dead_owner", early)
 	if len(from) > 0 {
 		ev = ev.Strs("from", from)
 	}

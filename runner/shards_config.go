@@ -59,11 +59,26 @@ type ShardsConfig struct {
 	// shards contend for the CPU at a time, and the rest stay live until
 	// their turn. Self-fencing stops everything at once. Default 4.
 	ReleaseParallel int
-	Version         string // shown in runners.version
-	AdminAddr       string // shown in runners.admin_addr
-	Handler         ShardHandler
-	Logger          zerolog.Logger
-	Metrics         *Metrics
+	// LivenessTimeout: a replica whose liveness scan has not succeeded for
+	// this long stops every session (unless Postgres was seen down since).
+	// Peers take a replica's shards early once its liveness lock has been
+	// missing for LivenessTimeout + LivenessStop + 2 × LivenessScan, so every
+	// replica of a fleet must use the same values. Default 1.5 s.
+	LivenessTimeout time.Duration
+	// LivenessStop bounds the stop of the sessions at the liveness fence.
+	// Default 300 ms.
+	LivenessStop time.Duration
+	// LivenessScan is the period of the liveness scan (own lock confirmed,
+	// peers' locks watched). Default 100 ms.
+	LivenessScan time.Duration
+	// NoLiveness turns the liveness lock off: takeovers wait for the lease
+	// (tests of the lease path only).
+	NoLiveness bool
+	Version    string // shown in runners.version
+	AdminAddr  string // shown in runners.admin_addr
+	Handler    ShardHandler
+	Logger     zerolog.Logger
+	Metrics    *Metrics
 }
 
 func (c *ShardsConfig) setDefaults() error {
@@ -96,6 +111,19 @@ func (c *ShardsConfig) setDefaults() error {
 	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
+	}
+	if c.LivenessTimeout == 0 {
+		c.LivenessTimeout = 1500 * time.Millisecond
+	}
+	if c.LivenessStop == 0 {
+		c.LivenessStop = 300 * time.Millisecond
+	}
+	if c.LivenessScan == 0 {
+		c.LivenessScan = 100 * time.Millisecond
+	}
+	if c.LivenessTimeout < 0 || c.LivenessStop < 0 || c.LivenessScan <= 0 || c.LivenessScan >= c.LivenessTimeout/2 {
+		return fmt.Errorf("runner: liveness timeout %s, stop %s, scan %s: want positive values and a scan shorter than half the timeout",
+			c.LivenessTimeout, c.LivenessStop, c.LivenessScan)
 	}
 	if c.ReleaseParallel <= 0 {
 		c.ReleaseParallel = 4

@@ -29,7 +29,11 @@ func (s *Shards) holdsUntil(l Lease) (time.Time, error) {
 	if err := s.holdsLocked(l, false); err != nil {
 		return time.Time{}, err
 	}
-	return s.held[l.Shard].validUntil, nil
+	until := s.held[l.Shard].validUntil
+	if d := s.livenessDeadlineLocked(); !d.IsZero() && d.Before(until) {
+		until = d
+	}
+	return until, nil
 }
 
 // Active is Holds for starting work: it also refuses a lease being released.
@@ -48,6 +52,8 @@ func (s *Shards) holdsLocked(l Lease, forStart bool) error {
 		return &FencedError{Lease: l, Reason: fmt.Sprintf("held at epoch %d", h.epoch)}
 	case !time.Now().Before(h.validUntil):
 		return &FencedError{Lease: l, Reason: "renew deadline passed"}
+	case s.livenessExpiredLocked(time.Now()):
+		return &FencedError{Lease: l, Reason: "liveness lock not confirmed in time"}
 	case forStart && h.leaving:
 		return &FencedError{Lease: l, Reason: "being released"}
 	}
@@ -144,6 +150,9 @@ func (s *Shards) watchdog(ctx context.Context) {
 				next = h.validUntil
 			}
 		}
+		if d := s.livenessDeadlineLocked(); len(s.held) > 0 && !d.IsZero() && d.Before(next) {
+			next = d
+		}
 		s.mu.Unlock()
 		if !t.Stop() {
 			select {
@@ -168,8 +177,9 @@ func (s *Shards) fenceExpired(ctx context.Context) {
 	now := time.Now()
 	var fenced []Lease
 	s.mu.Lock()
+	byLiveness := s.livenessExpiredLocked(now)
 	for shard, h := range s.held {
-		if !now.Before(h.validUntil) {
+		if byLiveness || !now.Before(h.validUntil) {
 			fenced = append(fenced, Lease{Shard: shard, Epoch: h.epoch})
 			delete(s.held, shard)
 		}
@@ -189,6 +199,13 @@ func (s *Shards) fenceExpired(ctx context.Context) {
 	s.cfg.Metrics.fencedSelf()
 	s.cfg.Metrics.lost(LossFenced, len(fenced))
 	s.cfg.Metrics.setLeases(nHeld)
+	if byLiveness {
+		// Peers may claim the shards LivenessStop (+ two scans) from now.
+		s.log.Error().Ints("shards", leaseShards(fenced)).Dur("liveness_timeout", s.cfg.LivenessTimeout).
+			Msg("self-fencing: the liveness lock was not confirmed in time; stopping every session before peers may take the shards")
+		s.stopMarked(ctx, fenced, LossFenced, s.cfg.LivenessStop)
+		return
+	}
 	s.log.Error().Ints("shards", leaseShards(fenced)).Dur("margin", s.cfg.Margin).
 		Msg("self-fencing: no renew before the deadline; stopping the sessions of these shards before their leases expire")
 	// The leases expire no earlier than margin from now: stop within most of it.

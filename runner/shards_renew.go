@@ -17,12 +17,15 @@ import (
 // earlier, or a previous incarnation with the same id) are released.
 const renewSQL = `
 WITH hb AS (
-	INSERT INTO runners AS r (id, heartbeat_at, draining, version, admin_addr, incarnation)
-	VALUES ($1, now(), $5, $6, $7, $10)
+	INSERT INTO runners AS r (id, heartbeat_at, draining, version, admin_addr, incarnation, liveness_key)
+	VALUES ($1, now(), $5, $6, $7, $10, $11)
 	-- draining is sticky within one process: the admin API may set it (drain-runner)
 	ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(),
 		draining = excluded.draining OR (r.draining AND r.incarnation = excluded.incarnation),
-		version = excluded.version, admin_addr = excluded.admin_addr, incarnation = excluded.incarnation
+		version = excluded.version, admin_addr = excluded.admin_addr, incarnation = excluded.incarnation,
+		-- the liveness connection registers its own key; a new process replaces a dead one's
+		liveness_key = CASE WHEN r.incarnation = excluded.incarnation
+			THEN coalesce(r.liveness_key, excluded.liveness_key) ELSE excluded.liveness_key END
 	WHERE r.incarnation = excluded.incarnation OR r.heartbeat_at + $4 * interval '1 millisecond' <= now()
 	RETURNING r.id, r.draining
 ), renewed AS (
@@ -43,7 +46,7 @@ SELECT
 	coalesce((SELECT array_agg(shard) FROM renewed), '{}'::integer[]),
 	(SELECT count(*) FROM orphans),
 	(SELECT count(*) FROM runners WHERE id <> $1 AND NOT draining
-		AND heartbeat_at + $4 * interval '1 millisecond' > now()),
+		AND heartbeat_at + $4 * interval '1 millisecond' > now() AND NOT (id = ANY($12::text[]))),
 	(SELECT extract(epoch FROM least(
 		(SELECT min(expires_at) FROM shard_leases
 			WHERE owner IS NOT NULL AND owner <> $1 AND expires_at > now()),
@@ -54,24 +57,26 @@ SELECT
 	(SELECT count(*) FROM hb),
 	coalesce((SELECT bool_or(draining) FROM hb), false)`
 
-// renewArgs are the parameters of renewSQL, $1 to $10 in order.
+// renewArgs are the parameters of renewSQL, $1 to $12 in order.
 type renewArgs struct {
-	RunnerID    string  // $1
-	Shards      []int32 // $2: the leases held, with Epochs
-	Epochs      []int64 // $3
-	TTLMillis   int64   // $4: lease and heartbeat TTL
-	Draining    bool    // $5
-	Version     string  // $6: runners.version
-	AdminAddr   string  // $7: runners.admin_addr
-	StaleMillis int64   // $8: age at which a dead runner's row is removed
-	Keep        []int32 // $9: shards not to release as orphans (held or still stopping)
-	Incarnation string  // $10
+	RunnerID    string   // $1
+	Shards      []int32  // $2: the leases held, with Epochs
+	Epochs      []int64  // $3
+	TTLMillis   int64    // $4: lease and heartbeat TTL
+	Draining    bool     // $5
+	Version     string   // $6: runners.version
+	AdminAddr   string   // $7: runners.admin_addr
+	StaleMillis int64    // $8: age at which a dead runner's row is removed
+	Keep        []int32  // $9: shards not to release as orphans (held or still stopping)
+	Incarnation string   // $10
+	LivenessKey *int32   // $11: the liveness key, for the row's first insert (nil: none yet)
+	Dead        []string // $12: peers seen dead by their liveness locks: not counted live
 }
 
 // values lists the arguments in the statement's order.
 func (a renewArgs) values() []any {
 	return []any{a.RunnerID, a.Shards, a.Epochs, a.TTLMillis, a.Draining,
-		a.Version, a.AdminAddr, a.StaleMillis, a.Keep, a.Incarnation}
+		a.Version, a.AdminAddr, a.StaleMillis, a.Keep, a.Incarnation, a.LivenessKey, a.Dead}
 }
 
 // renewResult is the one row renewSQL returns.
@@ -117,6 +122,11 @@ func (s *Shards) tick(ctx context.Context, joined time.Time) error {
 		RunnerID: s.cfg.RunnerID, Shards: shards, Epochs: epochs, TTLMillis: s.cfg.TTL.Milliseconds(),
 		Draining: draining, Version: s.cfg.Version, AdminAddr: s.cfg.AdminAddr,
 		StaleMillis: staleRunnerAge.Milliseconds(), Keep: keep, Incarnation: s.incarnation,
+		LivenessKey: s.livenessKey(),
+	}
+	args.Dead, _ = s.deadPeers()
+	if args.Dead == nil {
+		args.Dead = []string{}
 	}
 	var res renewResult
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.TTL/3)

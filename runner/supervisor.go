@@ -46,11 +46,11 @@ const (
 type SupervisorConfig struct {
 	Pool     *pgxpool.Pool
 	RunnerID string
-	// TTL and Margin of the shard leases (see ShardsConfig).
-	TTL, Margin time.Duration
-	Client      *buko.Client
-	Tokens      Tokens
-	Handoff     sessions.Handoff
+	// TTL and Margin of the shard leases, and the liveness timeout (see ShardsConfig).
+	TTL, Margin, LivenessTimeout time.Duration
+	Client                       *buko.Client
+	Tokens                       Tokens
+	Handoff                      sessions.Handoff
 
 	// DeadLetters keeps what sessions cannot hand off before they ack it
 	// (a *DeadLetterStore). nil: such updates are never acked (sessions.Config).
@@ -140,7 +140,8 @@ func NewSupervisor(cfg SupervisorConfig) (*Supervisor, error) {
 	s.leasePool, s.writePool = leasePool, writePool
 	sh, err := NewShards(ShardsConfig{
 		Pool: leasePool, WritePool: writePool, RunnerID: cfg.RunnerID, TTL: cfg.TTL, Margin: cfg.Margin,
-		Version: cfg.Version, AdminAddr: cfg.AdminAddr, Handler: s,
+		LivenessTimeout: cfg.LivenessTimeout,
+		Version:         cfg.Version, AdminAddr: cfg.AdminAddr, Handler: s,
 		Logger: cfg.Logger, Metrics: cfg.Metrics,
 	})
 	if err != nil {

@@ -49,6 +49,7 @@ type serveFlags struct {
 	adminTokenFile    string
 	handoff           string
 	leaseTTL          time.Duration
+	livenessTimeout   time.Duration
 	drainTimeout      time.Duration
 	reconcileInterval time.Duration
 	tokenCacheTTL     time.Duration
@@ -66,6 +67,8 @@ func (f *serveFlags) check() error {
 	switch {
 	case f.leaseTTL < time.Second:
 		return fmt.Errorf("--lease-ttl %s: want at least 1s", f.leaseTTL)
+	case f.livenessTimeout < 0:
+		return fmt.Errorf("--liveness-timeout %s: want a positive duration (0: the default)", f.livenessTimeout)
 	case f.drainTimeout <= 0:
 		return fmt.Errorf("--drain-timeout %s: want a positive duration", f.drainTimeout)
 	case f.reconcileInterval < 100*time.Millisecond:
@@ -137,6 +140,7 @@ func (f *serveFlags) bind(fs *pflag.FlagSet) {
 	envFlag(fs, "admin-token-file", "AGENTRUNNER_ADMIN_TOKEN_FILE")
 	fs.StringVar(&f.handoff, "handoff", handoffTemporal, "where updates are handed off: temporal (chat workflows) or postgres (the handoffs table; tests)")
 	fs.DurationVar(&f.leaseTTL, "lease-ttl", runner.DefaultLeaseTTL, "shard lease TTL; renewed every TTL/3; the same on every replica")
+	fs.DurationVar(&f.livenessTimeout, "liveness-timeout", 0, "a replica whose liveness lock is unconfirmed this long stops its sessions; peers take over a dead replica after it plus 0.5 s; the same on every replica (0: 1.5s)")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "how long a SIGTERM drain may take before sessions are closed hard")
 	fs.DurationVar(&f.reconcileInterval, "reconcile-interval", runner.DefaultReconcileInterval, "period of the full reconcile pass (notifications act at once)")
 	fs.DurationVar(&f.tokenCacheTTL, "token-cache-ttl", vault.DefaultCacheTTL, "how long decrypted tokens stay in memory")
@@ -146,6 +150,7 @@ func (f *serveFlags) bind(fs *pflag.FlagSet) {
 	envFlag(fs, "handoff", "AGENTRUNNER_HANDOFF")
 	envFlag(fs, "worker", "AGENTRUNNER_WORKER")
 	envFlag(fs, "lease-ttl", "AGENTRUNNER_LEASE_TTL")
+	envFlag(fs, "liveness-timeout", "AGENTRUNNER_LIVENESS_TIMEOUT")
 	envFlag(fs, "drain-timeout", "AGENTRUNNER_DRAIN_TIMEOUT")
 	envFlag(fs, "reconcile-interval", "AGENTRUNNER_RECONCILE_INTERVAL")
 	envFlag(fs, "token-cache-ttl", "AGENTRUNNER_TOKEN_CACHE_TTL")
@@ -252,7 +257,7 @@ func runServe(cmd *cobra.Command, g *globals, f *serveFlags) error {
 	adminAddr := ln.Addr().String()
 
 	sup, err := runner.NewSupervisor(runner.SupervisorConfig{
-		Pool: pool, RunnerID: f.runnerID, TTL: f.leaseTTL,
+		Pool: pool, RunnerID: f.runnerID, TTL: f.leaseTTL, LivenessTimeout: f.livenessTimeout,
 		Client: client, Tokens: tokens, Handoff: handoff, DeadLetters: deadLetters,
 		ReconcileInterval: f.reconcileInterval,
 		SessionMetrics:    sessions.NewMetrics(reg),

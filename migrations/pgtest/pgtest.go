@@ -43,6 +43,13 @@ func New(t testing.TB) string {
 	return create(t, true)
 }
 
+// NewAt is New on the server of adminURL (an admin DSN) instead of AdminURL(),
+// for tests that own a Postgres server (restarting it, say).
+func NewAt(t testing.TB, adminURL string) string {
+	t.Helper()
+	return createAt(t, adminURL, true)
+}
+
 // NewEmpty is New without the migrations, for tests of the migrations themselves.
 func NewEmpty(t testing.TB) string {
 	t.Helper()
@@ -51,7 +58,11 @@ func NewEmpty(t testing.TB) string {
 
 func create(t testing.TB, migrate bool) string {
 	t.Helper()
-	admin := AdminURL()
+	return createAt(t, AdminURL(), migrate)
+}
+
+func createAt(t testing.TB, admin string, migrate bool) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 

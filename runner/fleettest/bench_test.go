@@ -21,6 +21,10 @@ import (
 //
 //	AGENTRUNNER_BENCH_BOTS  bots for cold start (10000) and takeover/rolling (3000)
 //	AGENTRUNNER_BENCH_TTL   lease TTL of the replicas (15s, the production default)
+//	AGENTRUNNER_BENCH_POLL  the rolling restart's polling of the simulator (100ms)
+//	AGENTRUNNER_BENCH_PG    "own": a Postgres server of the benchmark's own
+//	                        (initdb in a temporary directory, fsync off), not
+//	                        the machine's, which other tests share
 //
 //	go test -run '^$' -bench Fleet -benchtime 1x ./runner/fleettest
 
@@ -33,6 +37,34 @@ func benchBots(b *testing.B, def int) int {
 		return n
 	}
 	return def
+}
+
+// benchPoll is the rolling restart's polling interval of the simulator's
+// bot list (AGENTRUNNER_BENCH_POLL, default 100 ms).
+func benchPoll(b *testing.B) time.Duration {
+	if v := os.Getenv("AGENTRUNNER_BENCH_POLL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 10*time.Millisecond {
+			b.Fatalf("AGENTRUNNER_BENCH_POLL=%q: want a duration of at least 10ms", v)
+		}
+		return d
+	}
+	return 100 * time.Millisecond
+}
+
+// benchEnv is the benchmark's Env, on its own Postgres server if
+// AGENTRUNNER_BENCH_PG=own.
+func benchEnv(b *testing.B) *runnertest.Env {
+	switch v := os.Getenv("AGENTRUNNER_BENCH_PG"); v {
+	case "":
+		return runnertest.NewEnv(b, runnertest.EnvOptions{})
+	case "own":
+		pg := runnertest.StartPostgres(b)
+		return runnertest.NewEnv(b, runnertest.EnvOptions{AdminURL: pg.AdminURL()})
+	default:
+		b.Fatalf("AGENTRUNNER_BENCH_PG=%q: want empty or own", v)
+		return nil
+	}
 }
 
 func benchTTL(b *testing.B) time.Duration {
@@ -188,7 +220,7 @@ func maxOverMean(m map[string]int) float64 {
 // balance (max/mean bots per replica) and replica RSS per session.
 func BenchmarkFleetColdStart(b *testing.B) {
 	n := benchBots(b, 10000)
-	env := runnertest.NewEnv(b, runnertest.EnvOptions{})
+	env := benchEnv(b)
 	bots := env.AddBots(b, n, "cold")
 	ids := runnertest.IDs(bots)
 	f := newFleet(b, env, benchTTL(b))
@@ -222,7 +254,7 @@ func BenchmarkFleetColdStart(b *testing.B) {
 func BenchmarkFleetTakeover(b *testing.B) {
 	n := benchBots(b, 3000)
 	ttl := benchTTL(b)
-	env := runnertest.NewEnv(b, runnertest.EnvOptions{})
+	env := benchEnv(b)
 	bots := env.AddBots(b, n, "take")
 	ids := runnertest.IDs(bots)
 	f := newFleet(b, env, ttl)
@@ -280,7 +312,7 @@ func BenchmarkFleetTakeover(b *testing.B) {
 // gap p50/p99/max and the bots' max sockets at once.
 func BenchmarkFleetRollingRestart(b *testing.B) {
 	n := benchBots(b, 3000)
-	env := runnertest.NewEnv(b, runnertest.EnvOptions{})
+	env := benchEnv(b)
 	bots := env.AddBots(b, n, "roll")
 	ids := runnertest.IDs(bots)
 	f := newFleet(b, env, benchTTL(b))
@@ -291,7 +323,7 @@ func BenchmarkFleetRollingRestart(b *testing.B) {
 	// Steady state: every bot's first update (its /start) handed off, so the
 	// drains below measure moving bots, not finishing a cold start.
 	testsupport.Within(b, "the first updates handed off", 5*time.Minute, func() bool { return handedOff(b, env) >= n })
-	tr := track(env, 100*time.Millisecond)
+	tr := track(env, benchPoll(b))
 	testsupport.Within(b, "the tracker to see every bot", time.Minute, func() bool { return tr.countUp(ids) == n })
 	before := env.Stats(b)
 	b.ResetTimer()
@@ -325,8 +357,8 @@ func BenchmarkFleetRollingRestart(b *testing.B) {
 	b.ReportMetric(p99.Seconds(), "s-gap-p99")
 	b.ReportMetric(worst.Seconds(), "s-gap-max")
 	b.ReportMetric(float64(len(gaps)), "gaps")
-	b.Logf("rolling restart of 3 replicas with %d bots took %s: %d gaps seen (100 ms polls), p50 %s, p99 %s, max %s; max sockets per bot %d",
-		n, took.Round(time.Millisecond), len(gaps), p50.Round(time.Millisecond), p99.Round(time.Millisecond), worst.Round(time.Millisecond), maxOpen)
+	b.Logf("rolling restart of 3 replicas with %d bots took %s: %d gaps seen (%s polls), p50 %s, p99 %s, max %s; max sockets per bot %d",
+		n, took.Round(time.Millisecond), len(gaps), benchPoll(b), p50.Round(time.Millisecond), p99.Round(time.Millisecond), worst.Round(time.Millisecond), maxOpen)
 	after := env.Stats(b)
 	b.Logf("during the restarts: %d socket opens, %d upgrades refused for the connection limit (409), %d rate-limited",
 		after.GatewayConnections-before.GatewayConnections, after.GatewayRejectedLimit-before.GatewayRejectedLimit,

@@ -36,13 +36,14 @@ func balanced(owners map[string]int, replicas ...string) bool {
 }
 
 // Every active bot is held exactly once; kill -9 of one replica: its bots
-// come back on the others, and every update sent meanwhile is handed off
-// once and only once.
+// come back on the others long before its leases (production TTL) expire —
+// its liveness lock went with its process — and every update sent meanwhile
+// is handed off once and only once.
 func TestFleetKill9LosesNothing(t *testing.T) {
 	env := runnertest.NewEnv(t, runnertest.EnvOptions{})
 	bots := env.AddBots(t, 30, "kill")
 	ids := runnertest.IDs(bots)
-	f := newFleet(t, env, testTTL)
+	f := newFleet(t, env, prodTTL)
 	f.start("a", "")
 	b := f.start("b", "")
 	f.start("c", "")
@@ -55,14 +56,16 @@ func TestFleetKill9LosesNothing(t *testing.T) {
 
 	snd := startSender(env, bots, "kill", 10*time.Millisecond)
 	snd.waitSent(t, 30, 60*time.Second) // some traffic before the crash
+	expires := f.expiryOf("b")
 	killed := time.Now()
 	b.kill9()
 	if err := b.wait(t, 30*time.Second); err == nil {
 		t.Fatal("b exited cleanly after SIGKILL?")
 	}
 	f.allLive("b's bots live on a and c", ids, 90*time.Second)
-	t.Logf("every bot live again %s after kill -9 (lease TTL %s)", time.Since(killed).Round(time.Millisecond), testTTL)
+	t.Logf("every bot live again %s after kill -9 (lease TTL %s)", time.Since(killed).Round(time.Millisecond), prodTTL)
 	testsupport.Within(t, "a and c to hold every shard", 60*time.Second, func() bool { return balanced(f.owners(), "a", "c") })
+	f.claimedBefore(expires)
 	sent := snd.finish(t)
 	f.handedOffOnce(sent, 90*time.Second)
 	if st := env.Stats(t); st.MaxConcurrentGatewayPerBot != 1 {

@@ -38,12 +38,20 @@ type Env struct {
 // EnvOptions tune NewEnv.
 type EnvOptions struct {
 	Sim sim.Options
+	// AdminURL, if set, is the admin DSN of the server the test database is
+	// created on (a test's own server, StartPostgres); default pgtest's.
+	AdminURL string
 }
 
 // NewEnv starts a simulator, creates a migrated database and a keyring.
 func NewEnv(t testing.TB, o EnvOptions) *Env {
 	t.Helper()
-	dsn := pgtest.New(t)
+	var dsn string
+	if o.AdminURL != "" {
+		dsn = pgtest.NewAt(t, o.AdminURL)
+	} else {
+		dsn = pgtest.New(t)
+	}
 	s := sim.New(o.Sim)
 	srv := httptest.NewServer(s)
 	t.Cleanup(func() { s.Close(); srv.Close() })

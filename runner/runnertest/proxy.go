@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Proxy forwards TCP connections from a loopback port to a target address.
@@ -22,6 +23,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	closed bool
 	cut    bool
+	delay  time.Duration // added before forwarding each chunk (SetDelay)
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
 	gate   chan struct{} // closed while not cut
@@ -64,6 +66,14 @@ func (p *Proxy) Cut() {
 		p.cut = true
 		p.gate = make(chan struct{})
 	}
+}
+
+// SetDelay makes the proxy hold every chunk for d before forwarding it, in
+// both directions (a slow database: each round trip takes 2d more); 0 ends it.
+func (p *Proxy) SetDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
 }
 
 // Restore ends the partition: stalled connections are closed (their clients
@@ -167,8 +177,11 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			gate := p.gate
+			gate, delay := p.gate, p.delay
 			p.mu.Unlock()
+			if delay > 0 {
+				time.Sleep(delay) // the simulated latency itself
+			}
 			<-gate
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
