@@ -18,8 +18,10 @@ DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 
 # The workflow integration tests that run a second time on the Temporal
-# server with SQL persistence (deploy/dev/temporal-server.sh).
+# server with SQL persistence (deploy/dev/temporal-server.sh): all but the
+# 2,000-update backlog test, which takes ~9 min there on this machine.
 SQL_TESTS ?= ^TestIntegration
+SQL_SKIP  ?= ^TestIntegrationBacklogOfThousandsBlockedAgent$$
 
 # Fuzz targets: package:FuzzName, each run for FUZZTIME by `make fuzz`.
 FUZZTIME  ?= 30s
@@ -38,7 +40,7 @@ test: services vet ## every test, with the real services (gofmt, vet, staticchec
 	$(GO) test -race -count=1 -timeout 20m ./...; \
 	echo "== workflow integration tests on the Temporal server with SQL persistence (docs/dev.md)"; \
 	TEMPORAL_ADDRESS="$${AGENTRUNNER_TEMPORAL_SQL_ADDR:?run make services}" \
-	  $(GO) test -race -count=1 -timeout 20m -run "$(SQL_TESTS)" ./workflows
+	  $(GO) test -race -count=1 -timeout 20m -run "$(SQL_TESTS)" -skip "$(SQL_SKIP)" ./workflows
 
 services: ## install and start Postgres, Temporal, Vault and Chromium as needed
 	bash deploy/dev/services.sh

@@ -75,6 +75,7 @@ a flag given on the command line wins.`,
 		newDevCmd(g),
 		newBenchCmd(g),
 		newDeadLettersCmd(g),
+		newSoakCmd(g),
 	)
 	return root
 }

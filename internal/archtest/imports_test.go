@@ -21,7 +21,8 @@ const module = "buko.app/agentrunner"
 // cmd → runner → sessions, workflows, vault → buko, with permanent (the
 // one error marker) and httpapi (the one HTTP handler style) below them all.
 var allowed = map[string][]string{
-	"cmd":        {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
+	"cmd":        {"soak", "runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
+	"soak":       {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"runner":     {"sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"sessions":   {"buko", "permanent"},
 	"workflows":  {"vault", "buko", "permanent"},
