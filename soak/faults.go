@@ -33,21 +33,27 @@ func FaultNames() []string {
 }
 
 // chaosOf is the simulator chaos a simulator fault turns on for its window.
-func chaosOf(name string, seed uint64) (sim.ChaosConfig, bool) {
+// events is about how many Bot API calls and Gateway frames the window sees
+// (messages a second × its length): rates are raised so that each window
+// expects at least three faults, except lost responses, whose every hit is an
+// ambiguous send: they expect half the run's budget of those (0.1 % of its
+// messages, ambiguousLimit), spent in this one window.
+func chaosOf(name string, seed uint64, events, runMessages float64) (sim.ChaosConfig, bool) {
 	c := sim.ChaosConfig{Seed: seed}
+	atLeast := func(base float64) float64 { return min(0.5, max(base, 3/max(1, events))) }
 	switch name {
 	case FaultSimDisconnects:
-		c.DropConnectionRate = 0.02
+		c.DropConnectionRate = atLeast(0.02)
 	case FaultSim5xx:
-		c.Rest5xxRate = 0.1
+		c.Rest5xxRate = atLeast(0.1)
 	case FaultSim429:
-		c.Rest429Rate = 0.1 // RATE_LIMITED with retry_after 1
+		c.Rest429Rate = atLeast(0.1) // RATE_LIMITED with retry_after 1
 	case FaultSimDuplicates:
-		c.DuplicateDeliveryRate = 0.1
+		c.DuplicateDeliveryRate = atLeast(0.1)
 	case FaultSimSlowAPI:
 		c.LatencyMS = 400
 	case FaultSimLostResponse:
-		c.ResponseLostRate = 0.002
+		c.ResponseLostRate = min(0.05, max(0.0005, ambiguousLimit/2*runMessages/max(1, events)))
 	default:
 		return c, false
 	}
@@ -126,7 +132,8 @@ func (r *runState) inject(ctx context.Context, name string) (target string, err 
 		r.hold(ctx, s.cfg.VaultOutage)
 		return "vault", s.vault.start(ctx, transitMount, transitKey)
 	}
-	cc, ok := chaosOf(name, s.cfg.Seed+uint64(len(r.faults)))
+	events := s.cfg.Rate * s.cfg.ChaosWindow.Seconds()
+	cc, ok := chaosOf(name, s.cfg.Seed+uint64(len(r.faults)), events, s.cfg.Rate*s.cfg.Duration.Seconds())
 	if !ok {
 		return "", fmt.Errorf("unknown fault %q", name)
 	}

@@ -15,6 +15,7 @@ import (
 type resources struct {
 	Goroutines float64 `json:"goroutines"`
 	RSSBytes   float64 `json:"rss_bytes"`
+	Sessions   float64 `json:"sessions"` // agentrunner_runner_sessions (replicas)
 }
 
 // scrape reads the two gauges from a /metrics page.
@@ -45,6 +46,9 @@ func scrape(ctx context.Context, url string) (resources, error) {
 			dst = &out.Goroutines
 		case "process_resident_memory_bytes":
 			dst = &out.RSSBytes
+		case "agentrunner_runner_sessions":
+			out.Sessions, _ = strconv.ParseFloat(strings.TrimSpace(val), 64)
+			continue
 		default:
 			continue
 		}
@@ -83,10 +87,11 @@ func measure(ctx context.Context, cs []*component) map[string]resources {
 	for name, rs := range samples {
 		g := make([]float64, len(rs))
 		m := make([]float64, len(rs))
+		n := make([]float64, len(rs))
 		for i, r := range rs {
-			g[i], m[i] = r.Goroutines, r.RSSBytes
+			g[i], m[i], n[i] = r.Goroutines, r.RSSBytes, r.Sessions
 		}
-		out[name] = resources{Goroutines: median(g), RSSBytes: median(m)}
+		out[name] = resources{Goroutines: median(g), RSSBytes: median(m), Sessions: median(n)}
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -129,9 +130,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "drained %.1f s after traffic stopped; simulator: max sockets per bot %d, %d gateway connections, %d redelivered, chaos %+v\n\n",
 		r.DrainSeconds, r.Sim.MaxConcurrentGatewayPerBot, r.Sim.GatewayConnections, r.Sim.UpdatesRedelivered, r.Sim.Chaos)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "replica\tgoroutines before\tafter\tRSS MiB before\tafter\t")
-	for name, ba := range r.Resources {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.1f\t\n", name, ba[0].Goroutines, ba[1].Goroutines, ba[0].RSSBytes/(1<<20), ba[1].RSSBytes/(1<<20))
+	fmt.Fprintln(tw, "replica\tsessions before\tafter\tgoroutines before\tafter\tRSS MiB before\tafter\t")
+	names := make([]string, 0, len(r.Resources))
+	for name := range r.Resources {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		ba := r.Resources[name]
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f\t%.1f\t\n", name, ba[0].Sessions, ba[1].Sessions, ba[0].Goroutines, ba[1].Goroutines, ba[0].RSSBytes/(1<<20), ba[1].RSSBytes/(1<<20))
 	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)

@@ -156,10 +156,10 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 	}
 	r := &runState{s: s, tr: tr, rng: mrand.New(mrand.NewPCG(cfg.Seed, 0x7a26))}
-	if _, err := r.waitHealthy(ctx, time.Now(), cfg.RecoveryLimit); err != nil {
+	if _, err := r.waitHealthy(ctx, time.Now(), cfg.StartLimit); err != nil {
 		return nil, fmt.Errorf("first start: %w", err)
 	}
-	if err := waitGreetings(ctx, s, tr, cfg.RecoveryLimit); err != nil {
+	if err := waitGreetings(ctx, s, tr, cfg.StartLimit); err != nil {
 		return nil, fmt.Errorf("first start: %w", err)
 	}
 	log.Info().Dur("took", time.Since(t0)).Msg("every bot live, every /start answered")

@@ -17,7 +17,8 @@ import (
 func TestMain(m *testing.M) { testsupport.Main(m) }
 
 // shortConfig is the soak's short form for `make test`: every fault, on a
-// smaller fleet (50 bots, 400 chats) so that it fits in about three minutes.
+// smaller fleet (50 bots, 200 chats, 2 messages a second) so that it fits in
+// a few minutes on this machine.
 func shortConfig(t *testing.T) Config {
 	t.Helper()
 	how := "run make services, then source ~/.cache/agentrunner/run/services.env"
@@ -26,9 +27,9 @@ func shortConfig(t *testing.T) Config {
 		TemporalSQLTool:   testsupport.Getenv(t, "Temporal server", "AGENTRUNNER_TEMPORAL_SQL_TOOL_BIN", how),
 		TemporalSchemaDir: testsupport.Getenv(t, "Temporal server", "AGENTRUNNER_TEMPORAL_SCHEMA_DIR", how),
 		VaultBin:          testsupport.Getenv(t, "Vault", "AGENTRUNNER_VAULT_BIN", how),
-		Duration:          100 * time.Second, Bots: 50, Chats: 400, Rate: 5, Seed: 7,
+		Duration:          100 * time.Second, Bots: 50, Chats: 200, Groups: 0.25, Rate: 2, Seed: 7,
 		Quiet: 10 * time.Second, ChaosWindow: 5 * time.Second, VaultOutage: 30 * time.Second,
-		RecoveryLimit: 2 * time.Minute, LeaseTTL: 6 * time.Second,
+		RecoveryLimit: 2 * time.Minute, StartLimit: 5 * time.Minute, LeaseTTL: 6 * time.Second,
 	}
 	if _, err := os.Stat(filepath.Join(Defaults().PGBinDir, "initdb")); err != nil {
 		testsupport.Unavailable(t, "Postgres", "no initdb: "+err.Error(), "apt-get install postgresql")

@@ -86,6 +86,7 @@ The tools come from ` + "`make services`" + `: source ~/.cache/agentrunner/run/s
 	fs.DurationVar(&cfg.VaultOutage, "vault-outage", cfg.VaultOutage, "how long Vault stays stopped (at least 30s)")
 	fs.DurationVar(&cfg.ChaosWindow, "chaos-window", cfg.ChaosWindow, "how long each simulator fault stays on")
 	fs.DurationVar(&cfg.RecoveryLimit, "recovery-limit", cfg.RecoveryLimit, "the most a fault may take to heal")
+	fs.DurationVar(&cfg.StartLimit, "start-limit", cfg.StartLimit, "the most the first start may take (every bot live, every /start answered)")
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "folder for data and logs (default: a temporary one, removed after a passing run)")
 	fs.StringVar(&cfg.PGBinDir, "pg-bin-dir", cfg.PGBinDir, "folder of initdb, pg_ctl and pg_dump")
 	fs.StringVar(&cfg.TemporalPG, "temporal-pg", cfg.TemporalPG, "host:port of the Postgres (trust auth) that holds the Temporal server's databases")
