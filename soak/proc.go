@@ -79,15 +79,6 @@ func (p *proc) running() bool {
 	return p.cmd != nil && !p.exitedLocked()
 }
 
-func (p *proc) pid() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil || p.cmd.Process == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
-
 // signal sends sig to the process (not its group: children of its own, like
 // postgres's, are the process's business).
 func (p *proc) signal(sig syscall.Signal) {

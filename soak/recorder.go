@@ -105,9 +105,3 @@ func (r *recorder) lostAt(k msgKey) (time.Time, bool) {
 	t, ok := r.lost[k]
 	return t, ok
 }
-
-func (r *recorder) lostCount() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.lost)
-}

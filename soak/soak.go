@@ -84,12 +84,6 @@ func (r *runState) sampler(ctx context.Context, progress func(sample)) {
 	}
 }
 
-func (r *runState) lastSample() sample {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.last
-}
-
 // waitHealthy waits until every bot is live and every message sent before
 // t has its reply; it returns when that held, or an error after limit.
 func (r *runState) waitHealthy(ctx context.Context, t time.Time, limit time.Duration) (time.Time, error) {
