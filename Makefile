@@ -17,6 +17,12 @@ COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
 DATE      ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 
+# The workflow integration tests that run a second time on the Temporal
+# server with SQL persistence (deploy/dev/temporal-server.sh): all but the
+# 2,000-update backlog test, which takes ~9 min there on this machine.
+SQL_TESTS ?= ^TestIntegration
+SQL_SKIP  ?= ^TestIntegrationBacklogOfThousandsBlockedAgent$$
+
 # Fuzz targets: package:FuzzName, each run for FUZZTIME by `make fuzz`.
 FUZZTIME  ?= 30s
 
@@ -31,7 +37,10 @@ dev: services build ## run the whole system locally on embedded defaults (docs/d
 test: services vet ## every test, with the real services (gofmt, vet, staticcheck, then go test -race)
 	. $(SERVICES_ENV); \
 	"$${AGENTRUNNER_STATICCHECK_BIN:?run make services}" ./...; \
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m ./...; \
+	echo "== workflow integration tests on the Temporal server with SQL persistence (docs/dev.md)"; \
+	TEMPORAL_ADDRESS="$${AGENTRUNNER_TEMPORAL_SQL_ADDR:?run make services}" \
+	  $(GO) test -race -count=1 -timeout 20m -run "$(SQL_TESTS)" -skip "$(SQL_SKIP)" ./workflows
 
 services: ## install and start Postgres, Temporal, Vault, Chromium, podman, etcd + kube-apiserver as needed
 	bash deploy/dev/services.sh
@@ -60,8 +69,9 @@ fuzz: ## run every fuzz target for FUZZTIME each
 bench: services ## the go benchmarks (results belong in docs/BENCHMARKS.md)
 	. $(SERVICES_ENV); $(GO) test -run '^$$' -bench . -benchmem ./...
 
-stop-services: ## stop the Temporal, Vault and kube-apiserver (+ etcd) servers started by `make services`
+stop-services: ## stop the Temporal servers, Vault and kube-apiserver (+ etcd) started by `make services`
 	bash deploy/dev/temporal.sh stop
+	bash deploy/dev/temporal-server.sh stop
 	[ ! -x deploy/dev/kube.sh ] || bash deploy/dev/kube.sh stop
 	[ ! -x deploy/dev/vault.sh ] || bash deploy/dev/vault.sh stop
 

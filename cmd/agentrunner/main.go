@@ -76,6 +76,7 @@ a flag given on the command line wins.`,
 		newBenchCmd(g),
 		newDeadLettersCmd(g),
 		newHistoryCostCmd(g),
+		newSoakCmd(g),
 	)
 	return root
 }

@@ -11,12 +11,14 @@ here=$(dirname "$0")
 "$here/postgres.sh"
 # The long builds first, so their time overlaps nothing else.
 "$here/temporal.sh" build
+"$here/temporal-server.sh" build   # production-shaped Temporal on SQL (AGENTRUNNER_TEMPORAL_SQL_ADDR)
 optional() { if [ -x "$here/$1" ]; then "$here/$@"; fi; }
 optional vault.sh build
 optional helm.sh build
 optional kube.sh build
 "$here/staticcheck.sh" build
 "$here/temporal.sh" start
+"$here/temporal-server.sh" start
 optional vault.sh start
 optional chromium.sh
 optional promtool.sh
@@ -27,6 +29,7 @@ env_file="$AGENTRUNNER_RUN/services.env"
 {
   echo "export TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:7233}"
   echo "export AGENTRUNNER_TEMPORAL_BIN=$("$here/temporal.sh" bin)"
+  "$here/temporal-server.sh" env
   if [ -x "$here/vault.sh" ] && [ -f "$AGENTRUNNER_RUN/vault.env" ]; then cat "$AGENTRUNNER_RUN/vault.env"; fi
   if [ -x "$here/helm.sh" ]; then echo "export AGENTRUNNER_HELM_BIN=$("$here/helm.sh" bin)"; fi
   if [ -x "$here/kube.sh" ]; then "$here/kube.sh" env; fi

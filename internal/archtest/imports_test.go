@@ -23,9 +23,10 @@ const module = "buko.app/agentrunner"
 // bench (load measured from outside, through the simulator) and devstack
 // (the local dev stack) hold cmd's logic: just below cmd, above the rest.
 var allowed = map[string][]string{
-	"cmd":        {"bench", "devstack", "runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
+	"cmd":        {"bench", "devstack", "soak", "runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"bench":      {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"devstack":   {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
+	"soak":       {"runner", "sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"runner":     {"sessions", "workflows", "vault", "buko", "migrations", "permanent", "httpapi"},
 	"sessions":   {"buko", "permanent"},
 	"workflows":  {"vault", "buko", "permanent"},
