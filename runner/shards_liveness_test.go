@@ -26,7 +26,8 @@ func terminateLiveness(t *testing.T, dsn, id string) int {
 	var n int
 	err := pool.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(k.pid)) FROM pg_locks k
 		JOIN runners r ON r.liveness_key::oid = k.objid
-		WHERE r.id = $1 AND k.locktype = 'advisory' AND k.classid = $2::oid AND k.objsubid = 2 AND k.granted`,
+		WHERE r.id = $1 AND k.locktype = 'advisory' AND k.classid = $2::oid AND k.objsubid = 2 AND k.granted
+			AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
 		id, livenessLockClass).Scan(&n)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -53,6 +54,10 @@ func TestSoakShort(t *testing.T) {
 		t.Skip("the soak takes minutes")
 	}
 	cfg := shortConfig(t)
+	// Injected lost responses make ambiguous sends by design; in a run of a
+	// few hundred messages a single one is already over the 0.1 % bound, so
+	// the short form leaves that fault to the long form (docs/soak.md).
+	cfg.Faults = slices.DeleteFunc(FaultNames(), func(f string) bool { return f == FaultSimLostResponse })
 	cfg.Bin = buildBinary(t)
 	var logBuf bytes.Buffer
 	cfg.Log = zerolog.New(&logBuf).With().Timestamp().Logger()
@@ -73,8 +78,8 @@ func TestSoakShort(t *testing.T) {
 		t.Logf("soak events:\n%s", logBuf.String())
 		t.Fatal("an invariant failed")
 	}
-	if len(rep.Faults) != len(FaultNames()) {
-		t.Fatalf("%d faults injected, want %d", len(rep.Faults), len(FaultNames()))
+	if len(rep.Faults) != len(cfg.Faults) {
+		t.Fatalf("%d faults injected, want %d", len(rep.Faults), len(cfg.Faults))
 	}
 }
 
