@@ -33,6 +33,9 @@ func StartSimulator(addr string, log zerolog.Logger) (apiURL string, stop func()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
+		// Serve may not have run yet, so Shutdown may not know the
+		// listener: close it here, or the port still accepts after stop.
+		_ = ln.Close()
 	}
 	return "http://" + ln.Addr().String(), stop, nil
 }
@@ -43,6 +46,7 @@ type ExampleAgent struct {
 	URL    string // where the http agent kind posts
 	Secret []byte // the secret it signs with
 	srv    *http.Server
+	ln     net.Listener
 }
 
 // StartExampleAgent serves the example agent with a fresh random secret.
@@ -55,8 +59,11 @@ func StartExampleAgent() (*ExampleAgent, error) {
 	}
 	srv := &http.Server{Handler: agents.ExampleService{Secret: secret}, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	return &ExampleAgent{URL: "http://" + ln.Addr().String() + "/agent", Secret: secret, srv: srv}, nil
+	return &ExampleAgent{URL: "http://" + ln.Addr().String() + "/agent", Secret: secret, srv: srv, ln: ln}, nil
 }
 
 // Close stops the service.
-func (a *ExampleAgent) Close() { _ = a.srv.Close() }
+func (a *ExampleAgent) Close() {
+	_ = a.srv.Close()
+	_ = a.ln.Close() // Serve may not have taken it yet
+}
